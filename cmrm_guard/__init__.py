@@ -1,0 +1,62 @@
+"""cmrm-guard: Cross-Modality Representation Manipulation (CMRM) for open vision-language models.
+
+Public API (imported lazily, so ``import cmrm_guard`` stays light):
+
+- :class:`SteeredVLM`: wrap a transformers VLM (``SteeredVLM.from_pretrained(model_id, vectors=...)``).
+- :class:`SteeringConfig`, :class:`CalibrationConfig`: typed settings.
+- :func:`calibrate`: dataset-level shift vectors from calibration samples -> :class:`VectorPack`.
+- :class:`VectorPack`: shift vectors + metadata, saved as safetensors + JSON, pushed to the Hub.
+- :mod:`cmrm_guard.adapters`: the architecture registry (``register_adapter``, ``get_adapter``).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "SteeredVLM": "cmrm_guard.steered",
+    "GenerationOutput": "cmrm_guard.steered",
+    "AppliedSteering": "cmrm_guard.steered",
+    "SteeringConfig": "cmrm_guard.config",
+    "CalibrationConfig": "cmrm_guard.config",
+    "calibrate": "cmrm_guard.vectors.calibrate",
+    "VectorPack": "cmrm_guard.vectors.pack",
+    "PackMeta": "cmrm_guard.vectors.pack",
+    "count_hooks": "cmrm_guard.hooks",
+}
+
+__all__ = [
+    "AppliedSteering",
+    "CalibrationConfig",
+    "GenerationOutput",
+    "PackMeta",
+    "SteeredVLM",
+    "SteeringConfig",
+    "VectorPack",
+    "__version__",
+    "calibrate",
+    "count_hooks",
+]
+
+if TYPE_CHECKING:
+    from cmrm_guard.config import CalibrationConfig, SteeringConfig
+    from cmrm_guard.hooks import count_hooks
+    from cmrm_guard.steered import AppliedSteering, GenerationOutput, SteeredVLM
+    from cmrm_guard.vectors.calibrate import calibrate
+    from cmrm_guard.vectors.pack import PackMeta, VectorPack
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cmrm_guard' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,51 @@
+"""Errors raised by cmrm-guard.
+
+Every error derives from :class:`CMRMError` and also from the builtin exception a caller would
+expect (``ValueError``, ``KeyError``, ...), so ``except ValueError`` written before cmrm-guard keeps
+working. Messages name the bad value, what was expected and, where there is one, the way out.
+"""
+
+from __future__ import annotations
+
+
+class CMRMError(Exception):
+    """Base class of every error cmrm-guard raises."""
+
+
+class ConfigError(CMRMError, ValueError):
+    """A steering or calibration setting is invalid (unknown mode, non-finite alpha, ...)."""
+
+
+class VectorError(CMRMError, ValueError):
+    """Shift vectors have the wrong shape, layer set or values (NaN/inf)."""
+
+
+class LayerIndexError(CMRMError, IndexError):
+    """A layer index is outside the model's decoder layer stack."""
+
+
+class UnsupportedArchitectureError(CMRMError, ValueError):
+    """The language decoder of a model could not be identified with certainty."""
+
+
+class AdapterRegistrationError(CMRMError, KeyError):
+    """An adapter was registered twice for one ``model_type``, or with no ``model_type``."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class ConversationError(CMRMError, ValueError):
+    """A chat conversation is malformed, or holds an image where none is allowed."""
+
+
+class PackError(CMRMError, ValueError):
+    """A vector pack is malformed: missing files, bad checksum, unknown format version."""
+
+
+class PackMismatchError(PackError):
+    """A vector pack does not fit the model it is attached to."""
+
+
+class SteeringUnavailableError(CMRMError, RuntimeError):
+    """Steering was required (``strict=True``) but cannot be applied to this call."""

@@ -1,0 +1,713 @@
+"""`SteeredVLM`: a transformers vision-language model with CMRM applied at inference time.
+
+The wrapped model is never mutated: steering hooks exist only for the duration of one call
+(:mod:`cmrm_guard.hooks`), calls on one model are serialised by a per-model lock, and per-call
+settings travel as arguments or through :meth:`SteeredVLM.steering` (a context variable, so each
+thread and asyncio task has its own).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from cmrm_guard.adapters import conversation as conv
+from cmrm_guard.adapters.base import VLMAdapter, unwrap_model
+from cmrm_guard.adapters.conversation import Conversation
+from cmrm_guard.adapters.registry import get_adapter
+from cmrm_guard.config import SteeringConfig
+from cmrm_guard.errors import (
+    ConfigError,
+    ConversationError,
+    PackError,
+    SteeringUnavailableError,
+    UnsupportedArchitectureError,
+    VectorError,
+)
+from cmrm_guard.hooks import PromptPositions, check_layer_indices, record_last_token, steer
+from cmrm_guard.shifts import layer_shifts
+
+if TYPE_CHECKING:
+    from cmrm_guard.vectors.pack import VectorPack
+
+Vectors = "VectorPack | Mapping[int, Tensor] | Tensor | str | Path | None"
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+_OVERRIDES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "cmrm_guard_steering_overrides", default=None
+)
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock serialising hooked calls on ``model`` (shared by every wrapper of that model)."""
+    with _LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+@dataclass(frozen=True)
+class AppliedSteering:
+    """What steering a call actually applied (for logs, traces and ``response_metadata``)."""
+
+    applied: bool
+    mode: str
+    alpha: float | None = None
+    application: str | None = None
+    layers: tuple[int, ...] = ()
+    policy: str = "images"
+    rows_steered: tuple[bool, ...] = ()
+    pack: str | None = None
+    pack_revision: str | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return {
+            "applied": self.applied,
+            "mode": self.mode,
+            "alpha": self.alpha,
+            "application": self.application,
+            "layers": list(self.layers),
+            "policy": self.policy,
+            "rows_steered": list(self.rows_steered),
+            "pack": self.pack,
+            "pack_revision": self.pack_revision,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class GenerationOutput:
+    """Result of :meth:`SteeredVLM.generate`.
+
+    Attributes:
+        sequences: (batch, prompt + new) token ids, as ``model.generate`` returns them.
+        texts: decoded new tokens of each row.
+        prompt_length: padded prompt length (new tokens start there).
+        steering: what was applied.
+        new_token_counts: generated tokens per row (padding after an early stop not counted).
+    """
+
+    sequences: Tensor
+    texts: list[str]
+    prompt_length: int
+    steering: AppliedSteering
+    new_token_counts: list[int] = field(default_factory=list)
+    raw: Any = None
+    """What ``model.generate`` returned (a ``GenerateOutput`` with scores/logits when asked for)."""
+
+
+class _StopEvent:
+    """A ``StoppingCriteria`` that stops generation when a streaming consumer goes away."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+class SteeredVLM:
+    """A vision-language model wrapped with Cross-Modality Representation Manipulation.
+
+    Args:
+        model: a transformers VLM (``*ForConditionalGeneration``) or a peft ``PeftModel`` of one.
+        processor: its processor (tokenizer + image processor + chat template).
+        vectors: dataset-level shift vectors: a :class:`~cmrm_guard.vectors.VectorPack`, a local
+            pack directory or Hub repo id, a ``{layer: (hidden,) tensor}`` dict, a
+            ``(num_layers, hidden)`` tensor, or ``None`` (sample mode needs none).
+        config: default :class:`SteeringConfig` for every call.
+        adapter: architecture adapter; default: the registered one for ``config.model_type``.
+        decoder_path: dotted path of the decoder layer list, for models no adapter knows.
+        strict: fail closed: a call that should be steered but cannot (no valid pack) raises
+            :class:`SteeringUnavailableError` instead of answering unsteered with a warning.
+        vectors_revision / vectors_token: revision and token used when ``vectors`` is a Hub id.
+
+    Example:
+        >>> svlm = SteeredVLM(model, processor, vectors=pack, config=SteeringConfig(alpha=0.8))
+        >>> svlm.chat([{"role": "user", "content": [{"type": "image", "image": img},
+        ...                                         {"type": "text", "text": "What is this?"}]}])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        *,
+        vectors: Any = None,
+        config: SteeringConfig | None = None,
+        adapter: VLMAdapter | None = None,
+        decoder_path: str | None = None,
+        strict: bool = False,
+        vectors_revision: str | None = None,
+        vectors_token: str | bool | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, SteeringConfig):
+            raise ConfigError(f"config must be a SteeringConfig, got {type(config).__name__}")
+        self.model = model
+        self.processor = processor
+        self.base_model = unwrap_model(model)
+        self.adapter = adapter or get_adapter(model, decoder_path=decoder_path)
+        self.layers = self.adapter.decoder_layers(model)
+        self.num_layers = len(self.layers)
+        self.hidden_size = self.adapter.hidden_size(model)
+        self.model_type = str(getattr(self.base_model.config, "model_type", ""))
+        self.model_id = model_id or getattr(self.base_model.config, "_name_or_path", None) or None
+        self.config = config or SteeringConfig()
+        self.strict = bool(strict)
+        self._warned_unsteered = False
+        self._shift_cache: dict[tuple[Any, ...], dict[int, Tensor]] = {}
+        self._forward_takes_logits_to_keep = (
+            "logits_to_keep" in inspect.signature(self.base_model.forward).parameters
+        )
+        self.vectors: VectorPack | None = None
+        self.vectors_error: Exception | None = None
+        if vectors is not None:
+            try:
+                self.vectors = self._load_vectors(vectors, vectors_revision, vectors_token)
+            except PackError as error:
+                if strict:
+                    raise
+                self.vectors_error = error
+                warnings.warn(f"vector pack refused, the model stays unsteered: {error}", stacklevel=2)
+        self._check_layers_setting(self.config)
+
+    # ---------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str | Path,
+        *,
+        vectors: Any = None,
+        vectors_revision: str | None = None,
+        vectors_token: str | bool | None = None,
+        config: SteeringConfig | None = None,
+        strict: bool = False,
+        processor: Any = None,
+        decoder_path: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        trust_remote_code: bool = False,
+        **model_kwargs: Any,
+    ) -> SteeredVLM:
+        """Load a VLM and its processor with transformers and wrap them.
+
+        Args:
+            model_id: a Hub model id or a local directory written by ``save_pretrained``.
+            vectors, vectors_revision, vectors_token, config, strict, decoder_path: as in
+                :class:`SteeredVLM`.
+            processor: use this processor instead of loading one.
+            revision, token: passed to transformers.
+            trust_remote_code: passed only when ``True`` (remote code runs only if you ask).
+            **model_kwargs: passed to ``AutoModelForImageTextToText.from_pretrained``
+                (``dtype``, ``device_map``, ``attn_implementation``, ...).
+        """
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        hub_kwargs: dict[str, Any] = {}
+        if revision is not None:
+            hub_kwargs["revision"] = revision
+        if token is not None:
+            hub_kwargs["token"] = token
+        if trust_remote_code:
+            hub_kwargs["trust_remote_code"] = True
+        model = AutoModelForImageTextToText.from_pretrained(str(model_id), **hub_kwargs, **model_kwargs)
+        model.eval()
+        if processor is None:
+            try:
+                processor = AutoProcessor.from_pretrained(str(model_id), **hub_kwargs)
+            except (OSError, ValueError, ImportError) as error:
+                raise UnsupportedArchitectureError(
+                    f"could not load the processor of {str(model_id)!r}: {error}. Load it yourself "
+                    "and pass processor=..."
+                ) from error
+        return cls(
+            model,
+            processor,
+            vectors=vectors,
+            config=config,
+            decoder_path=decoder_path,
+            strict=strict,
+            vectors_revision=vectors_revision,
+            vectors_token=vectors_token,
+            model_id=str(model_id),
+        )
+
+    def _load_vectors(self, vectors: Any, revision: str | None, token: Any) -> VectorPack:
+        from cmrm_guard.vectors.pack import PackMeta, VectorPack
+
+        if isinstance(vectors, VectorPack):
+            pack = vectors
+        elif isinstance(vectors, str | Path):
+            pack = VectorPack.from_pretrained(vectors, revision=revision, token=token)
+        elif isinstance(vectors, Tensor | Mapping):
+            shifts = self._vectors_as_dict(vectors)
+            meta = PackMeta(
+                base_model=self.model_id,
+                model_type=self.model_type,
+                hidden_size=self.hidden_size,
+                num_layers=self.num_layers,
+                layer_indices=sorted(shifts),
+            )
+            pack = VectorPack(shifts, meta)
+        else:
+            raise VectorError(
+                "vectors must be a VectorPack, a pack directory or Hub repo id, a {layer: tensor} "
+                f"dict or a (num_layers, hidden) tensor; got {type(vectors).__name__}"
+            )
+        pack.validate_for(
+            model_type=self.model_type,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            model_id=self.model_id,
+        )
+        return pack
+
+    def _vectors_as_dict(self, vectors: Mapping[int, Tensor] | Tensor) -> dict[int, Tensor]:
+        if isinstance(vectors, Tensor):
+            if vectors.dim() != 2 or vectors.shape != (self.num_layers, self.hidden_size):
+                raise VectorError(
+                    f"a vectors tensor must have shape (num_layers, hidden) = "
+                    f"({self.num_layers}, {self.hidden_size}), got {tuple(vectors.shape)}"
+                )
+            return {i: vectors[i] for i in range(self.num_layers)}
+        out: dict[int, Tensor] = {}
+        check_layer_indices(list(vectors), self.num_layers)
+        for index, vector in vectors.items():
+            if not isinstance(vector, Tensor) or tuple(vector.shape) != (self.hidden_size,):
+                raise VectorError(
+                    f"vector for layer {index} must have shape ({self.hidden_size},) (the decoder's "
+                    f"hidden size), got {tuple(getattr(vector, 'shape', ())) or type(vector).__name__}"
+                )
+            out[int(index)] = vector
+        return out
+
+    def attach(self, vectors: Any, *, revision: str | None = None, token: Any = None) -> None:
+        """Validate and attach a new pack; a refused pack leaves the current one in place."""
+        pack = self._load_vectors(vectors, revision, token)
+        self.vectors = pack
+        self.vectors_error = None
+        self._shift_cache.clear()
+
+    # -------------------------------------------------------------------------------- settings
+    @contextmanager
+    def steering(self, config: SteeringConfig | None = None, **changes: Any) -> Iterator[SteeringConfig]:
+        """Override steering settings for calls made inside the block (this thread / task only).
+
+        Example:
+            >>> with svlm.steering(enabled=False):
+            ...     baseline = svlm.chat(conversation)
+        """
+        current = dict(_OVERRIDES.get() or {})
+        if config is not None:
+            current.update(config.model_dump())
+        current.update(changes)
+        resolved = self.config.replace(**current)  # validates now, not at the first call
+        self._check_layers_setting(resolved)
+        token = _OVERRIDES.set(current)
+        try:
+            yield resolved
+        finally:
+            _OVERRIDES.reset(token)
+
+    def resolve_config(self, config: SteeringConfig | None = None, **changes: Any) -> SteeringConfig:
+        """The settings a call gets: defaults, then ``steering()`` overrides, then arguments."""
+        merged = dict(_OVERRIDES.get() or {})
+        if config is not None:
+            merged.update(config.model_dump())
+        merged.update(changes)
+        resolved = self.config.replace(**merged) if merged else self.config
+        self._check_layers_setting(resolved)
+        return resolved
+
+    def _check_layers_setting(self, config: SteeringConfig) -> None:
+        if config.layers is not None:
+            check_layer_indices(list(config.layers), self.num_layers)
+
+    # ------------------------------------------------------------------------------- encoding
+    def encode(self, conversations: Sequence[Conversation]) -> Any:
+        """Chat-template and tokenize a batch of conversations (left-padded model inputs)."""
+        checked = [conv.check_conversation(c) for c in conversations]
+        if (
+            any(conv.has_image(c) for c in checked)
+            and getattr(self.processor, "image_processor", None) is None
+        ):
+            raise ConversationError(
+                f"a conversation holds an image but the processor ({type(self.processor).__name__}) "
+                "has no image processor: this is a text-only prompt path"
+            )
+        return self.adapter.encode(self.processor, checked)
+
+    def encode_text_only(self, conversations: Sequence[Conversation]) -> Any:
+        """Encode conversations that must carry no image (text-only twins).
+
+        Raises:
+            ConversationError: a conversation still holds an image, or its rendered prompt holds
+                an image placeholder token (e.g. ``<image>`` typed into the text).
+        """
+        for i, conversation in enumerate(conversations):
+            if conv.has_image(conversation):
+                raise ConversationError(
+                    f"conversation {i} holds an image on a text-only prompt path; pass its "
+                    "text_only_twin() instead"
+                )
+        image_token = getattr(self.processor, "image_token", None)
+        for i, conversation in enumerate(conversations):
+            if isinstance(image_token, str) and image_token and image_token in _text_of(conversation):
+                raise ConversationError(
+                    f"text-only prompt {i} contains the image placeholder token {image_token!r}: "
+                    "remove image tokens from the text"
+                )
+        inputs = self.adapter.encode(self.processor, conversations)
+        rows = self.adapter.rows_with_images(self.model, inputs["input_ids"])
+        if self.adapter.image_token_id(self.model) is not None and bool(rows.any()):
+            bad = [i for i, flag in enumerate(rows.tolist()) if flag]
+            raise ConversationError(
+                f"text-only prompt(s) {bad} contain the image placeholder token "
+                f"(id {self.adapter.image_token_id(self.model)}): remove image tokens from the text"
+            )
+        return inputs
+
+    def _model_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        device = _input_device(self.base_model)
+        prepared = self.adapter.generate_inputs(dict(inputs))
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in prepared.items()}
+
+    # -------------------------------------------------------------------------------- planning
+    def _image_rows(
+        self, conversations: Sequence[Conversation] | None, inputs: Mapping[str, Any]
+    ) -> list[bool]:
+        if conversations is not None:
+            return [conv.has_image(c) for c in conversations]
+        return self.adapter.rows_with_images(self.model, inputs["input_ids"]).tolist()
+
+    def plan(
+        self,
+        config: SteeringConfig,
+        conversations: Sequence[Conversation] | None,
+        inputs: Mapping[str, Any],
+    ) -> tuple[dict[int, Tensor], AppliedSteering]:
+        """Per-layer shifts for one call, and the record of what they apply.
+
+        Empty shifts mean the call runs unsteered (the record says why).
+        """
+        pack = self.vectors
+        pack_id = pack_revision = None
+        if pack is not None:
+            pack_id = pack.meta.repo_id or pack.meta.base_model
+            pack_revision = pack.meta.revision
+        image_rows = self._image_rows(conversations, inputs)
+        record = dict(mode=config.mode, policy=config.policy, pack=pack_id, pack_revision=pack_revision)
+        if not config.enabled:
+            return {}, AppliedSteering(False, reason="steering disabled", **record)
+        if config.policy == "never":
+            return {}, AppliedSteering(False, reason="policy 'never'", **record)
+        rows = [True] * len(image_rows) if config.policy == "always" else image_rows
+        if not any(rows):
+            return {}, AppliedSteering(
+                False, reason="no image in the conversation (policy 'images')", **record
+            )
+        if config.mode == "dataset":
+            if pack is None:
+                reason = "no valid vector pack attached"
+                if self.vectors_error is not None:
+                    reason += f" ({self.vectors_error})"
+                if self.strict:
+                    raise SteeringUnavailableError(
+                        f"strict mode: this call should be steered but cannot be: {reason}. Attach a "
+                        "pack (vectors=...), use SteeringConfig(mode='sample'), or strict=False"
+                    )
+                if not self._warned_unsteered:
+                    warnings.warn(f"answering unsteered: {reason}", stacklevel=3)
+                    self._warned_unsteered = True
+                return {}, AppliedSteering(False, reason=reason, **record)
+            alpha = config.alpha if config.alpha is not None else pack.meta.alpha
+            application = config.application or pack.meta.application
+            shifts = self._dataset_shifts(alpha, application, config.layers)
+        else:
+            if conversations is None:
+                raise ConversationError(
+                    "sample-level CMRM builds each input's twins from its conversation: pass "
+                    "conversations, not pre-tokenized inputs"
+                )
+            alpha = config.alpha if config.alpha is not None else 1.0
+            application = config.application or "increment"
+            shifts = self._sample_shifts(conversations, rows, config, alpha, application)
+        if not all(rows):
+            gate = torch.tensor(rows, dtype=torch.float32).unsqueeze(1)
+            shifts = {i: (s.unsqueeze(0) if s.dim() == 1 else s) * gate for i, s in shifts.items()}
+        applied = AppliedSteering(
+            True,
+            alpha=float(alpha),
+            application=application,
+            layers=tuple(sorted(shifts)),
+            rows_steered=tuple(rows),
+            **record,
+        )
+        return shifts, applied
+
+    def _dataset_shifts(
+        self, alpha: float, application: str, layers: Sequence[int] | None
+    ) -> dict[int, Tensor]:
+        assert self.vectors is not None
+        key = (id(self.vectors), float(alpha), application, tuple(layers) if layers else None)
+        shifts = self._shift_cache.get(key)
+        if shifts is None:
+            shifts = layer_shifts(self.vectors.shifts, alpha=alpha, application=application, layers=layers)
+            if len(self._shift_cache) > 64:
+                self._shift_cache.clear()
+            self._shift_cache[key] = shifts
+        return shifts
+
+    def _sample_shifts(
+        self,
+        conversations: Sequence[Conversation],
+        rows: Sequence[bool],
+        config: SteeringConfig,
+        alpha: float,
+        application: str,
+    ) -> dict[int, Tensor]:
+        layers = list(config.layers) if config.layers is not None else list(range(self.num_layers))
+        picked = [c for c, flag in zip(conversations, rows, strict=True) if flag]
+        deltas = self.twin_differences(picked, layers, corruption=config.corruption, seed=config.noise_seed)
+        full: dict[int, Tensor] = {}
+        index = torch.tensor([i for i, flag in enumerate(rows) if flag])
+        for layer, delta in deltas.items():
+            row_shift = torch.zeros(len(rows), delta.shape[-1], dtype=delta.dtype)
+            row_shift[index] = delta
+            full[layer] = row_shift
+        return layer_shifts(full, alpha=alpha, application=application, layers=layers)
+
+    # ----------------------------------------------------------------------------- twin passes
+    def twin_differences(
+        self,
+        conversations: Sequence[Conversation],
+        layers: Sequence[int] | None = None,
+        *,
+        corruption: str = "blank",
+        seed: int = 0,
+    ) -> dict[int, Tensor]:
+        """CMRM's ``d^l = h_text^l - h_corrupt^l`` for each conversation, at the last prompt token.
+
+        The text-only and corrupted twins run together as one batched forward pass.
+
+        Returns:
+            layer -> (len(conversations), hidden) float32 CPU tensor.
+        """
+        layers = list(range(self.num_layers)) if layers is None else list(layers)
+        n = len(conversations)
+        text = [self.adapter.text_only_twin(c) for c in conversations]
+        corrupt = [
+            self.adapter.corrupted_twin(c, self.processor, corruption, seed + 1000 * i)
+            for i, c in enumerate(conversations)
+        ]
+        states = self.last_token_states(text + corrupt, layers, text_only_rows=n)
+        return {layer: states[layer][:n] - states[layer][n:] for layer in layers}
+
+    def last_token_states(
+        self,
+        conversations: Sequence[Conversation],
+        layers: Sequence[int] | None = None,
+        *,
+        text_only_rows: int = 0,
+        config: SteeringConfig | None = None,
+    ) -> dict[int, Tensor]:
+        """Hidden state of each conversation's last prompt token leaving each layer (one forward).
+
+        The first ``text_only_rows`` conversations are checked to carry no image. Runs unsteered
+        unless ``config`` is given (then that steering applies, as in :meth:`generate`).
+
+        Returns:
+            layer -> (len(conversations), hidden) float32 CPU tensor.
+        """
+        layers = list(range(self.num_layers)) if layers is None else list(layers)
+        if text_only_rows:
+            self.encode_text_only(conversations[:text_only_rows])
+        inputs = self.encode(conversations)
+        positions = PromptPositions.from_attention_mask(inputs["attention_mask"])
+        shifts: dict[int, Tensor] = {}
+        if config is not None:
+            shifts, _ = self.plan(config, conversations, inputs)
+            positions = PromptPositions.from_attention_mask(
+                inputs["attention_mask"], config.positions, config.step_scope
+            )
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if self._forward_takes_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with model_lock(self.base_model), torch.inference_mode(), ExitStack() as stack:
+            stack.enter_context(steer(self.layers, shifts, positions))
+            records = stack.enter_context(record_last_token(self.layers, layers, positions.last_index))
+            self.model(**self._model_inputs(inputs), **kwargs)
+        return dict(records)
+
+    # ------------------------------------------------------------------------------ generation
+    def _prepare(self, conversations_or_inputs: Any) -> tuple[list[Conversation] | None, Mapping[str, Any]]:
+        if isinstance(conversations_or_inputs, Mapping) and "input_ids" in conversations_or_inputs:
+            return None, conversations_or_inputs
+        if isinstance(conversations_or_inputs, Mapping):
+            raise ConversationError(
+                "pass a list of conversations, or processor outputs holding 'input_ids'; got a dict "
+                f"with keys {sorted(conversations_or_inputs)[:6]}"
+            )
+        conversations = [conv.check_conversation(c) for c in conversations_or_inputs]
+        return conversations, self.encode(conversations)
+
+    def forward(
+        self, conversations_or_inputs: Any, *, config: SteeringConfig | None = None, **model_kwargs: Any
+    ) -> Any:
+        """One steered forward pass (prefill) over a batch; returns the model's output."""
+        conversations, inputs = self._prepare(conversations_or_inputs)
+        settings = self.resolve_config(config)
+        shifts, _ = self.plan(settings, conversations, inputs)
+        positions = PromptPositions.from_attention_mask(
+            inputs["attention_mask"], settings.positions, settings.step_scope
+        )
+        with model_lock(self.base_model), steer(self.layers, shifts, positions):
+            return self.model(**self._model_inputs(inputs), **model_kwargs)
+
+    def generate(
+        self,
+        conversations_or_inputs: Any,
+        *,
+        config: SteeringConfig | None = None,
+        streamer: Any = None,
+        **generate_kwargs: Any,
+    ) -> GenerationOutput:
+        """Generate for a batch of conversations (or processor outputs) with CMRM applied.
+
+        Args:
+            conversations_or_inputs: a list of conversations, or the processor's output for one.
+            config: per-call settings (merged over the defaults and ``steering()`` overrides).
+            streamer: a transformers streamer, passed to ``generate``.
+            **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``...).
+        """
+        conversations, inputs = self._prepare(conversations_or_inputs)
+        settings = self.resolve_config(config)
+        shifts, applied = self.plan(settings, conversations, inputs)
+        positions = PromptPositions.from_attention_mask(
+            inputs["attention_mask"], settings.positions, settings.step_scope
+        )
+        generate_kwargs.setdefault("pad_token_id", _pad_token_id(self.processor))
+        with model_lock(self.base_model), steer(self.layers, shifts, positions), torch.inference_mode():
+            raw = self.model.generate(**self._model_inputs(inputs), streamer=streamer, **generate_kwargs)
+        sequences = raw.sequences if hasattr(raw, "sequences") else raw
+        prompt_length = positions.prompt_length
+        new_tokens = sequences[:, prompt_length:]
+        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        pad = generate_kwargs.get("pad_token_id")
+        counts = [int((row != pad).sum()) if pad is not None else row.shape[0] for row in new_tokens]
+        return GenerationOutput(sequences.cpu(), texts, prompt_length, applied, counts, raw)
+
+    def chat(
+        self,
+        conversation: Conversation,
+        *,
+        max_new_tokens: int = 128,
+        config: SteeringConfig | None = None,
+        **generate_kwargs: Any,
+    ) -> str:
+        """Answer one conversation; returns the generated text."""
+        generate_kwargs.setdefault("do_sample", False)
+        output = self.generate(
+            [conversation], config=config, max_new_tokens=max_new_tokens, **generate_kwargs
+        )
+        return output.texts[0]
+
+    def stream(
+        self,
+        conversation: Conversation,
+        *,
+        max_new_tokens: int = 128,
+        config: SteeringConfig | None = None,
+        **generate_kwargs: Any,
+    ) -> Iterator[str]:
+        """Yield the answer to one conversation piece by piece as it is generated.
+
+        Closing the iterator early stops generation and removes the hooks before it returns.
+        """
+        from transformers import TextIteratorStreamer
+
+        conversation = conv.check_conversation(conversation)
+        settings = self.resolve_config(config)  # resolved here: the worker thread has no context
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
+        stop = _StopEvent()
+        failure: list[BaseException] = []
+        generate_kwargs.setdefault("do_sample", False)
+        from transformers import StoppingCriteriaList
+
+        criteria = StoppingCriteriaList(generate_kwargs.pop("stopping_criteria", None) or [])
+        criteria.append(stop)
+
+        def work() -> None:
+            try:
+                self.generate(
+                    [conversation],
+                    config=settings,
+                    streamer=streamer,
+                    max_new_tokens=max_new_tokens,
+                    stopping_criteria=criteria,
+                    **generate_kwargs,
+                )
+            except BaseException as error:  # re-raised in the consumer
+                failure.append(error)
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="cmrm-guard-stream", daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.event.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+
+    def __repr__(self) -> str:
+        pack = repr(self.vectors) if self.vectors is not None else "None"
+        return (
+            f"SteeredVLM(model={type(self.base_model).__name__}, model_type={self.model_type!r}, "
+            f"adapter={self.adapter.name}, layers={self.num_layers}, hidden={self.hidden_size}, "
+            f"vectors={pack}, config={self.config!r})"
+        )
+
+
+def _text_of(conversation: Conversation) -> str:
+    parts = []
+    for message in conversation:
+        content = message["content"]
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts.extend(str(item.get("text", "")) for item in content if item.get("type") == "text")
+    return "\n".join(parts)
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return embeddings.weight.device
+    return next(model.parameters()).device
+
+
+def _pad_token_id(processor: Any) -> int | None:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return pad if pad is not None else getattr(tokenizer, "eos_token_id", None)

@@ -1,0 +1,220 @@
+"""SteeredVLM: CMRM's direction, generation with/without cache and batching, cleanup, settings."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+import torch
+
+from cmrm_guard import SteeredVLM, SteeringConfig, count_hooks
+from cmrm_guard.adapters import corrupted_twin
+from cmrm_guard.errors import (
+    ConfigError,
+    ConversationError,
+    LayerIndexError,
+    SteeringUnavailableError,
+    VectorError,
+)
+from tests.conftest import image_chat, random_vectors, text_chat, tiny
+
+
+def test_sign_steered_state_equals_text_only_twin(model_type):
+    """Sample-level CMRM at the last layer, on the corrupted image: h_corrupt + (h_text - h_corrupt)."""
+    model, processor = tiny(model_type, torch.float64)
+    svlm = SteeredVLM(model, processor)
+    last = svlm.num_layers - 1
+    chat = image_chat("tell me about this image")
+    mean, std = svlm.adapter.pixel_statistics(processor)
+    corrupted = corrupted_twin(chat, "blank", mean=mean, std=std)
+    config = SteeringConfig(mode="sample", layers=[last], application="every_layer", alpha=1.0)
+    steered = svlm.last_token_states([corrupted], [last], config=config)[last]
+    text_only = svlm.last_token_states([svlm.adapter.text_only_twin(chat)], [last])[last]
+    unsteered = svlm.last_token_states([corrupted], [last])[last]
+    assert not torch.allclose(unsteered, text_only, atol=1e-3)  # the gap exists
+    torch.testing.assert_close(steered, text_only, atol=1e-6, rtol=1e-6)  # and is closed, in this direction
+
+
+def _greedy(svlm, batch, **kwargs):
+    out = svlm.generate(
+        batch, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs
+    )
+    return out, torch.stack(out.raw.logits, dim=1)
+
+
+@pytest.mark.parametrize("mode", ["dataset", "sample"])
+def test_generation_with_kv_cache_equals_without(model_type, mode):
+    model, processor = tiny(model_type, torch.float64)
+    vectors = random_vectors(2, model.config.get_text_config().hidden_size, scale=3.0)
+    svlm = SteeredVLM(model, processor, vectors=vectors, config=SteeringConfig(mode=mode, alpha=2.0))
+    batch = [image_chat("what is in this picture?")]
+    cached, cached_logits = _greedy(svlm, batch, use_cache=True)
+    fresh, fresh_logits = _greedy(svlm, batch, use_cache=False)
+    with svlm.steering(enabled=False):
+        plain, plain_logits = _greedy(svlm, batch, use_cache=True)
+    assert cached.steering.applied and not plain.steering.applied
+    assert torch.equal(cached.sequences, fresh.sequences)
+    torch.testing.assert_close(cached_logits, fresh_logits, atol=1e-8, rtol=1e-8)
+    assert not torch.allclose(cached_logits, plain_logits, atol=1e-4)  # steering changed something
+
+
+@pytest.mark.parametrize("mode", ["dataset", "sample"])
+def test_batched_left_padded_generation_equals_one_by_one(model_type, mode):
+    model, processor = tiny(model_type, torch.float64)
+    vectors = random_vectors(2, model.config.get_text_config().hidden_size, scale=3.0)
+    svlm = SteeredVLM(model, processor, vectors=vectors, config=SteeringConfig(mode=mode, alpha=2.0))
+    batch = [
+        image_chat("what is in this picture?"),
+        image_chat("and this one, described at much greater length?", 3),
+        text_chat(),
+    ]
+    together, together_logits = _greedy(svlm, batch)
+    assert together.steering.rows_steered == (True, True, False)
+    for row, chat in enumerate(batch):
+        alone, alone_logits = _greedy(svlm, [chat])
+        assert together.texts[row] == alone.texts[0]
+        torch.testing.assert_close(together_logits[row], alone_logits[0], atol=1e-7, rtol=1e-6)
+
+
+def test_zero_hooks_after_200_randomized_failing_calls():
+    model, processor = tiny("qwen2_vl")
+    hidden = model.config.get_text_config().hidden_size
+    svlm = SteeredVLM(model, processor, vectors=random_vectors(2, hidden))
+    rng = random.Random(0)
+    mlp = svlm.layers[1].mlp
+    failures = 0
+    for attempt in range(200):
+        kind = rng.choice(
+            ["bad_layer", "raise_in_layer", "interrupt_in_layer", "stream_closed", "bad_vector"]
+        )
+        try:
+            if kind == "bad_layer":
+                with pytest.raises(LayerIndexError):
+                    svlm.generate(
+                        [image_chat()],
+                        config=SteeringConfig(layers=[rng.choice([2, 7, 99])]),
+                        max_new_tokens=2,
+                    )
+            elif kind in ("raise_in_layer", "interrupt_in_layer"):
+                error = RuntimeError if kind == "raise_in_layer" else KeyboardInterrupt
+                countdown = [rng.randrange(1, 4)]
+
+                def explode(module, args, output, countdown=countdown, error=error):
+                    countdown[0] -= 1
+                    if countdown[0] <= 0:
+                        raise error("boom inside a layer")
+
+                handle = mlp.register_forward_hook(explode)
+                try:
+                    with pytest.raises(error):
+                        svlm.generate([image_chat()], max_new_tokens=4, do_sample=False)
+                finally:
+                    handle.remove()
+            elif kind == "stream_closed":
+                stream = svlm.stream(image_chat(), max_new_tokens=8)
+                next(stream, None)
+                stream.close()
+            else:
+                with pytest.raises(VectorError):
+                    svlm.attach({0: torch.full((hidden,), float("nan"))})
+            failures += 1
+        finally:
+            assert count_hooks(model) == 0, f"hook left after attempt {attempt} ({kind})"
+    assert failures == 200
+
+
+def test_streaming_yields_the_same_text_as_chat():
+    model, processor = tiny("llava")
+    svlm = SteeredVLM(model, processor, vectors=random_vectors(2, 64, 3.0))
+    chat = image_chat()
+    assert "".join(svlm.stream(chat, max_new_tokens=8)) == svlm.chat(chat, max_new_tokens=8)
+    assert count_hooks(model) == 0
+
+
+def test_wrapped_model_is_never_mutated(model_type):
+    model, processor = tiny(model_type)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    svlm = SteeredVLM(model, processor, vectors=random_vectors(2, model.config.get_text_config().hidden_size))
+    svlm.generate([image_chat(), text_chat()], max_new_tokens=3)
+    svlm.generate([image_chat()], config=SteeringConfig(mode="sample"), max_new_tokens=3)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert count_hooks(model) == 0
+
+
+def test_steering_context_overrides_only_this_thread():
+    model, processor = tiny("llava")
+    svlm = SteeredVLM(model, processor, vectors=random_vectors(2, 64, 3.0))
+    seen = {}
+    with svlm.steering(enabled=False) as settings:
+        assert settings.enabled is False
+        worker = threading.Thread(target=lambda: seen.update(config=svlm.resolve_config()))
+        worker.start()
+        worker.join()
+        disabled = svlm.forward([image_chat()]).logits
+    assert seen["config"].enabled is True
+    with torch.no_grad():
+        plain = model(**svlm.encode([image_chat()])).logits
+    assert torch.equal(disabled, plain)
+    with pytest.raises(ConfigError, match="mode='x'"), svlm.steering(mode="x"):
+        pass
+
+
+def test_bf16_model_gets_the_shift_in_its_own_dtype():
+    model, processor = tiny("llava", torch.bfloat16)
+    vector = torch.randn(64, dtype=torch.float32)
+    svlm = SteeredVLM(model, processor, vectors={0: vector}, config=SteeringConfig(alpha=1.0))
+    inputs = svlm.encode([image_chat()])
+    with torch.no_grad():
+        base = model(**inputs, output_hidden_states=True).hidden_states[1]
+        out = svlm.forward(inputs, output_hidden_states=True).hidden_states[1]
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out[:, -1], base[:, -1] + vector.to(torch.bfloat16))
+    text = svlm.chat(image_chat(), max_new_tokens=3)
+    assert isinstance(text, str)
+
+
+def test_strict_mode_fails_closed_without_a_pack_and_lenient_mode_warns():
+    model, processor = tiny("llava")
+    strict = SteeredVLM(model, processor, strict=True)
+    with pytest.raises(SteeringUnavailableError, match="no valid vector pack"):
+        strict.chat(image_chat(), max_new_tokens=2)
+    assert strict.chat(text_chat(), max_new_tokens=2) is not None  # text-only: nothing to steer
+    lenient = SteeredVLM(model, processor)
+    with pytest.warns(UserWarning, match="answering unsteered"):
+        output = lenient.generate([image_chat()], max_new_tokens=2)
+    assert output.steering.applied is False and "no valid vector pack" in output.steering.reason
+    sample = SteeredVLM(model, processor, strict=True, config=SteeringConfig(mode="sample"))
+    assert sample.generate([image_chat()], max_new_tokens=2).steering.applied
+
+
+def test_bad_inputs_name_the_value_and_what_was_expected():
+    model, processor = tiny("llava")
+    with pytest.raises(VectorError, match=r"shape \(64,\).*got \(32,\)"):
+        SteeredVLM(model, processor, vectors={0: torch.zeros(32)})
+    with pytest.raises(VectorError, match=r"\(num_layers, hidden\) = \(2, 64\), got \(3, 64\)"):
+        SteeredVLM(model, processor, vectors=torch.zeros(3, 64))
+    with pytest.raises(LayerIndexError, match="layer 5 out of range.*2 layers"):
+        SteeredVLM(model, processor, vectors={5: torch.zeros(64)})
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(VectorError, match="(?i)nan|inf|finite"):
+            SteeredVLM(model, processor, vectors={0: torch.full((64,), bad)}, strict=True)
+    with pytest.raises(ConfigError, match="alpha=inf.*finite"):
+        SteeringConfig(alpha=float("inf"))
+    with pytest.raises(ConfigError, match="mode='both'.*'dataset' or 'sample'"):
+        SteeringConfig(mode="both")
+    with pytest.raises(LayerIndexError, match="layer 9"):
+        SteeredVLM(model, processor, config=SteeringConfig(layers=[9]))
+    svlm = SteeredVLM(model, processor)
+    with pytest.raises(ConversationError, match="image on a text-only prompt path"):
+        svlm.encode_text_only([image_chat()])
+    with pytest.raises(ConversationError, match="image placeholder token"):
+        svlm.encode_text_only([text_chat("look <image> here")])
+    with pytest.raises(ConversationError, match="list of messages"):
+        svlm.chat({"role": "user", "content": "hi"})
+    with pytest.raises(ConversationError, match="sample-level CMRM"):
+        svlm.generate(svlm.encode([image_chat()]), config=SteeringConfig(mode="sample"))
+    with pytest.raises(ConfigError, match="SteeringConfig"):
+        SteeredVLM(model, processor, config={"alpha": 1.0})
+    assert count_hooks(model) == 0
