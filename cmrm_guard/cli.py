@@ -1,6 +1,8 @@
 """The ``cmrm-guard`` command line: a thin shell over the library.
 
-Errors print one line to stderr and exit with status 2 (no traceback).
+Commands: ``demo``, ``calibrate``, ``push``, ``pull``, ``inspect``. Errors print one line to
+stderr and exit with status 2 (no traceback); Hub endpoint and token come from the usual
+``HF_ENDPOINT`` / ``HF_TOKEN`` environment or ``--token``.
 """
 
 from __future__ import annotations
@@ -8,8 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cmrm_guard.errors import CMRMError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--layers {text!r}: expected comma-separated integers like 0,1,2"
+        ) from None
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -18,11 +32,77 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(model_type=args.model_type, max_new_tokens=args.max_new_tokens)
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    import torch
+
+    from cmrm_guard.steered import SteeredVLM
+    from cmrm_guard.vectors import data
+    from cmrm_guard.vectors.calibrate import calibrate
+
+    records = []
+    for path in args.data or []:
+        records.extend(data.read_prompts_jsonl(path))
+    if not records:
+        records = data.default_calibration_records()
+    records = data.select_records(records, args.num_samples, seed=args.seed)
+    kwargs = {}
+    if args.dtype != "auto":
+        kwargs["dtype"] = getattr(torch, args.dtype)
+    if args.device_map:
+        kwargs["device_map"] = args.device_map
+    svlm = SteeredVLM.from_pretrained(args.model, revision=args.revision, **kwargs)
+    size = svlm.adapter.default_image_size(svlm.processor)
+    conversations = data.calibration_conversations(
+        records, image_mode=args.image_mode, image_size=size, seed=args.seed
+    )
+    pack = calibrate(
+        svlm,
+        conversations,
+        estimator=args.estimator,
+        batch_size=args.batch_size,
+        corruption=args.corruption,
+        layers=args.layers,
+        alpha=args.alpha,
+        application=args.application,
+        progress=None if not args.quiet else False,
+        noise_seed=args.seed,
+    )
+    if args.revision:
+        pack.meta = pack.meta.model_copy(update={"base_model_revision": args.revision})
+    folder = pack.save_pretrained(args.output)
+    print(f"saved {pack!r} to {folder}")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from cmrm_guard.vectors.pack import VectorPack
+
+    pack = VectorPack.from_pretrained(args.pack)
+    commit = pack.push_to_hub(
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+    )
+    print(f"pushed {args.pack} to {args.repo_id}: {commit}")
+
+
+def _pull(args: argparse.Namespace) -> None:
+    from cmrm_guard.vectors.pack import VectorPack
+
+    pack = VectorPack.from_pretrained(args.repo_id, revision=args.revision, token=args.token)
+    print(f"pulled {args.repo_id} at commit {pack.meta.revision}: {pack!r}")
+    if args.output:
+        folder = pack.save_pretrained(args.output)
+        print(f"saved to {folder}")
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from cmrm_guard.vectors.pack import VectorPack
 
-    pack = VectorPack.from_pretrained(args.pack, revision=args.revision)
-    print(pack.meta.model_dump_json(indent=2))
+    pack = VectorPack.from_pretrained(args.pack, revision=args.revision, token=args.token)
+    print(pack.meta.model_dump_json(indent=2, exclude_none=True))
     print("per-layer norms:")
     for layer, norm in pack.layer_norms().items():
         print(f"  layer {layer:>3}: {norm:.4f}")
@@ -31,18 +111,67 @@ def _inspect(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cmrm-guard``."""
     from cmrm_guard import __version__
-    from cmrm_guard.tiny import TINY_MODEL_TYPES
 
-    parser = argparse.ArgumentParser(prog="cmrm-guard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cmrm-guard", description="CMRM safety steering for vision-language models"
+    )
     parser.add_argument("--version", action="version", version=f"cmrm-guard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="run the offline demo on an embedded tiny model")
-    demo.add_argument("--model-type", default="llava", choices=TINY_MODEL_TYPES)
+    demo.add_argument("--model-type", default="llava", help="tiny architecture to build (default llava)")
     demo.add_argument("--max-new-tokens", type=int, default=12)
     demo.set_defaults(run=_demo)
-    inspect = commands.add_parser("inspect", help="print a vector pack's metadata and per-layer norms")
-    inspect.add_argument("pack", help="pack directory or Hub repo id")
+
+    calib = commands.add_parser("calibrate", help="compute a dataset-level vector pack for a model")
+    calib.add_argument("model", help="Hub model id or local model folder")
+    calib.add_argument("--output", "-o", required=True, type=Path, help="folder to write the pack to")
+    calib.add_argument(
+        "--data", nargs="+", type=Path, help="JSONL prompt files (default: the shipped 128 harmful prompts)"
+    )
+    calib.add_argument("--num-samples", type=int, default=None, help="draw this many records (seeded)")
+    calib.add_argument("--estimator", choices=("mean", "pc1"), default="mean")
+    calib.add_argument("--corruption", choices=("blank", "noise"), default="blank")
+    calib.add_argument(
+        "--layers", type=_layers, default=None, help="comma-separated decoder layers (default: all)"
+    )
+    calib.add_argument("--alpha", type=float, default=1.0, help="default strength stored in the pack")
+    calib.add_argument("--application", choices=("increment", "every_layer"), default="increment")
+    calib.add_argument("--batch-size", type=int, default=8)
+    calib.add_argument(
+        "--image-mode",
+        choices=("typographic", "blank", "noise"),
+        default="typographic",
+        help="image made for prompts without one",
+    )
+    calib.add_argument("--revision", default=None, help="model revision")
+    calib.add_argument("--dtype", choices=DTYPES, default="auto")
+    calib.add_argument("--device-map", default=None, help='e.g. "auto" (needs accelerate)')
+    calib.add_argument("--seed", type=int, default=0)
+    calib.add_argument("--quiet", action="store_true", help="no progress bar")
+    calib.set_defaults(run=_calibrate)
+
+    push = commands.add_parser("push", help="upload a pack folder to a Hub repo in one commit")
+    push.add_argument("pack", help="pack folder")
+    push.add_argument("repo_id", help="namespace/name")
+    push.add_argument("--private", action="store_true", default=None)
+    push.add_argument("--token", default=None)
+    push.add_argument("--revision", default=None, help="branch (created if missing)")
+    push.add_argument("--commit-message", default="Upload CMRM vector pack")
+    push.add_argument("--create-pr", action="store_true")
+    push.set_defaults(run=_push)
+
+    pull = commands.add_parser("pull", help="download a pack into the Hub cache (and optionally a folder)")
+    pull.add_argument("repo_id")
+    pull.add_argument("--revision", default=None, help="branch, tag or commit sha")
+    pull.add_argument("--token", default=None)
+    pull.add_argument("--output", "-o", type=Path, default=None, help="also save the pack to this folder")
+    pull.set_defaults(run=_pull)
+
+    inspect = commands.add_parser("inspect", help="print a pack's metadata and per-layer norms")
+    inspect.add_argument("pack", help="pack folder or Hub repo id")
     inspect.add_argument("--revision", default=None)
+    inspect.add_argument("--token", default=None)
     inspect.set_defaults(run=_inspect)
     return parser
 
@@ -52,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CMRMError, OSError) as error:
-        print(f"cmrm-guard {args.command}: error: {error}", file=sys.stderr)
+    except (CMRMError, OSError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"cmrm-guard {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cmrm-guard {args.command}: interrupted", file=sys.stderr)

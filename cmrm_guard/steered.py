@@ -30,6 +30,7 @@ from cmrm_guard.config import SteeringConfig
 from cmrm_guard.errors import (
     ConfigError,
     ConversationError,
+    LayerIndexError,
     PackError,
     SteeringUnavailableError,
     UnsupportedArchitectureError,
@@ -40,8 +41,6 @@ from cmrm_guard.shifts import layer_shifts
 
 if TYPE_CHECKING:
     from cmrm_guard.vectors.pack import VectorPack
-
-Vectors = "VectorPack | Mapping[int, Tensor] | Tensor | str | Path | None"
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -180,8 +179,11 @@ class SteeredVLM:
         if vectors is not None:
             try:
                 self.vectors = self._load_vectors(vectors, vectors_revision, vectors_token)
-            except PackError as error:
-                if strict:
+            except (PackError, VectorError, LayerIndexError) as error:
+                # in-memory vectors are the caller's code: always an error. A pack (object, folder
+                # or Hub id) that does not fit is refused; strict decides between failing closed
+                # and serving unsteered with a warning.
+                if strict or isinstance(vectors, Tensor | Mapping):
                     raise
                 self.vectors_error = error
                 warnings.warn(f"vector pack refused, the model stays unsteered: {error}", stacklevel=2)
@@ -340,8 +342,15 @@ class SteeredVLM:
             check_layer_indices(list(config.layers), self.num_layers)
 
     # ------------------------------------------------------------------------------- encoding
-    def encode(self, conversations: Sequence[Conversation]) -> Any:
-        """Chat-template and tokenize a batch of conversations (left-padded model inputs)."""
+    def encode(
+        self,
+        conversations: Sequence[Conversation],
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Chat-template and tokenize a batch of conversations (left-padded model inputs).
+
+        ``chat_template_kwargs`` go to ``apply_chat_template`` (``tools=[...]``, template variables).
+        """
         checked = [conv.check_conversation(c) for c in conversations]
         if (
             any(conv.has_image(c) for c in checked)
@@ -351,7 +360,7 @@ class SteeredVLM:
                 f"a conversation holds an image but the processor ({type(self.processor).__name__}) "
                 "has no image processor: this is a text-only prompt path"
             )
-        return self.adapter.encode(self.processor, checked)
+        return self.adapter.encode(self.processor, checked, chat_template_kwargs)
 
     def encode_text_only(self, conversations: Sequence[Conversation]) -> Any:
         """Encode conversations that must carry no image (text-only twins).
@@ -360,28 +369,36 @@ class SteeredVLM:
             ConversationError: a conversation still holds an image, or its rendered prompt holds
                 an image placeholder token (e.g. ``<image>`` typed into the text).
         """
+        self._check_text_only(conversations)
+        inputs = self.adapter.encode(self.processor, conversations)
+        self._check_no_image_tokens(inputs["input_ids"], range(len(conversations)))
+        return inputs
+
+    def _check_text_only(self, conversations: Sequence[Conversation]) -> None:
+        image_token = getattr(self.processor, "image_token", None)
         for i, conversation in enumerate(conversations):
             if conv.has_image(conversation):
                 raise ConversationError(
                     f"conversation {i} holds an image on a text-only prompt path; pass its "
                     "text_only_twin() instead"
                 )
-        image_token = getattr(self.processor, "image_token", None)
-        for i, conversation in enumerate(conversations):
             if isinstance(image_token, str) and image_token and image_token in _text_of(conversation):
                 raise ConversationError(
                     f"text-only prompt {i} contains the image placeholder token {image_token!r}: "
                     "remove image tokens from the text"
                 )
-        inputs = self.adapter.encode(self.processor, conversations)
-        rows = self.adapter.rows_with_images(self.model, inputs["input_ids"])
-        if self.adapter.image_token_id(self.model) is not None and bool(rows.any()):
-            bad = [i for i, flag in enumerate(rows.tolist()) if flag]
+
+    def _check_no_image_tokens(self, input_ids: Tensor, rows: Sequence[int]) -> None:
+        token = self.adapter.image_token_id(self.model)
+        if token is None:
+            return
+        flags = (input_ids[list(rows)] == token).any(dim=-1).tolist()
+        bad = [row for row, flag in zip(rows, flags, strict=True) if flag]
+        if bad:
             raise ConversationError(
-                f"text-only prompt(s) {bad} contain the image placeholder token "
-                f"(id {self.adapter.image_token_id(self.model)}): remove image tokens from the text"
+                f"text-only prompt(s) {bad} contain the image placeholder token (id {token}): "
+                "remove image tokens from the text"
             )
-        return inputs
 
     def _model_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         device = _input_device(self.base_model)
@@ -401,11 +418,17 @@ class SteeredVLM:
         config: SteeringConfig,
         conversations: Sequence[Conversation] | None,
         inputs: Mapping[str, Any],
+        *,
+        strict: bool | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> tuple[dict[int, Tensor], AppliedSteering]:
         """Per-layer shifts for one call, and the record of what they apply.
 
-        Empty shifts mean the call runs unsteered (the record says why).
+        Empty shifts mean the call runs unsteered (the record says why). ``strict`` overrides the
+        wrapper's ``strict`` for this call; ``chat_template_kwargs`` render sample mode's twins
+        like the call's own prompt.
         """
+        strict = self.strict if strict is None else bool(strict)
         pack = self.vectors
         pack_id = pack_revision = None
         if pack is not None:
@@ -427,7 +450,7 @@ class SteeredVLM:
                 reason = "no valid vector pack attached"
                 if self.vectors_error is not None:
                     reason += f" ({self.vectors_error})"
-                if self.strict:
+                if strict:
                     raise SteeringUnavailableError(
                         f"strict mode: this call should be steered but cannot be: {reason}. Attach a "
                         "pack (vectors=...), use SteeringConfig(mode='sample'), or strict=False"
@@ -447,7 +470,9 @@ class SteeredVLM:
                 )
             alpha = config.alpha if config.alpha is not None else 1.0
             application = config.application or "increment"
-            shifts = self._sample_shifts(conversations, rows, config, alpha, application)
+            shifts = self._sample_shifts(
+                conversations, rows, config, alpha, application, chat_template_kwargs
+            )
         if not all(rows):
             gate = torch.tensor(rows, dtype=torch.float32).unsqueeze(1)
             shifts = {i: (s.unsqueeze(0) if s.dim() == 1 else s) * gate for i, s in shifts.items()}
@@ -481,10 +506,17 @@ class SteeredVLM:
         config: SteeringConfig,
         alpha: float,
         application: str,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> dict[int, Tensor]:
         layers = list(config.layers) if config.layers is not None else list(range(self.num_layers))
         picked = [c for c, flag in zip(conversations, rows, strict=True) if flag]
-        deltas = self.twin_differences(picked, layers, corruption=config.corruption, seed=config.noise_seed)
+        deltas = self.twin_differences(
+            picked,
+            layers,
+            corruption=config.corruption,
+            seed=config.noise_seed,
+            chat_template_kwargs=chat_template_kwargs,
+        )
         full: dict[int, Tensor] = {}
         index = torch.tensor([i for i, flag in enumerate(rows) if flag])
         for layer, delta in deltas.items():
@@ -501,6 +533,7 @@ class SteeredVLM:
         *,
         corruption: str = "blank",
         seed: int = 0,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> dict[int, Tensor]:
         """CMRM's ``d^l = h_text^l - h_corrupt^l`` for each conversation, at the last prompt token.
 
@@ -516,7 +549,9 @@ class SteeredVLM:
             self.adapter.corrupted_twin(c, self.processor, corruption, seed + 1000 * i)
             for i, c in enumerate(conversations)
         ]
-        states = self.last_token_states(text + corrupt, layers, text_only_rows=n)
+        states = self.last_token_states(
+            text + corrupt, layers, text_only_rows=n, chat_template_kwargs=chat_template_kwargs
+        )
         return {layer: states[layer][:n] - states[layer][n:] for layer in layers}
 
     def last_token_states(
@@ -526,6 +561,7 @@ class SteeredVLM:
         *,
         text_only_rows: int = 0,
         config: SteeringConfig | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> dict[int, Tensor]:
         """Hidden state of each conversation's last prompt token leaving each layer (one forward).
 
@@ -537,12 +573,14 @@ class SteeredVLM:
         """
         layers = list(range(self.num_layers)) if layers is None else list(layers)
         if text_only_rows:
-            self.encode_text_only(conversations[:text_only_rows])
-        inputs = self.encode(conversations)
+            self._check_text_only(conversations[:text_only_rows])
+        inputs = self.encode(conversations, chat_template_kwargs)
+        if text_only_rows:
+            self._check_no_image_tokens(inputs["input_ids"], range(text_only_rows))
         positions = PromptPositions.from_attention_mask(inputs["attention_mask"])
         shifts: dict[int, Tensor] = {}
         if config is not None:
-            shifts, _ = self.plan(config, conversations, inputs)
+            shifts, _ = self.plan(config, conversations, inputs, chat_template_kwargs=chat_template_kwargs)
             positions = PromptPositions.from_attention_mask(
                 inputs["attention_mask"], config.positions, config.step_scope
             )
@@ -556,7 +594,9 @@ class SteeredVLM:
         return dict(records)
 
     # ------------------------------------------------------------------------------ generation
-    def _prepare(self, conversations_or_inputs: Any) -> tuple[list[Conversation] | None, Mapping[str, Any]]:
+    def _prepare(
+        self, conversations_or_inputs: Any, chat_template_kwargs: Mapping[str, Any] | None = None
+    ) -> tuple[list[Conversation] | None, Mapping[str, Any]]:
         if isinstance(conversations_or_inputs, Mapping) and "input_ids" in conversations_or_inputs:
             return None, conversations_or_inputs
         if isinstance(conversations_or_inputs, Mapping):
@@ -565,7 +605,7 @@ class SteeredVLM:
                 f"with keys {sorted(conversations_or_inputs)[:6]}"
             )
         conversations = [conv.check_conversation(c) for c in conversations_or_inputs]
-        return conversations, self.encode(conversations)
+        return conversations, self.encode(conversations, chat_template_kwargs)
 
     def forward(
         self, conversations_or_inputs: Any, *, config: SteeringConfig | None = None, **model_kwargs: Any
@@ -586,6 +626,8 @@ class SteeredVLM:
         *,
         config: SteeringConfig | None = None,
         streamer: Any = None,
+        strict: bool | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
         **generate_kwargs: Any,
     ) -> GenerationOutput:
         """Generate for a batch of conversations (or processor outputs) with CMRM applied.
@@ -594,11 +636,16 @@ class SteeredVLM:
             conversations_or_inputs: a list of conversations, or the processor's output for one.
             config: per-call settings (merged over the defaults and ``steering()`` overrides).
             streamer: a transformers streamer, passed to ``generate``.
+            strict: fail closed for this call (``None``: the wrapper's ``strict``).
+            chat_template_kwargs: passed to ``apply_chat_template`` (``tools=[...]``, template
+                variables); sample mode's twins are rendered with them too.
             **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``...).
         """
-        conversations, inputs = self._prepare(conversations_or_inputs)
+        conversations, inputs = self._prepare(conversations_or_inputs, chat_template_kwargs)
         settings = self.resolve_config(config)
-        shifts, applied = self.plan(settings, conversations, inputs)
+        shifts, applied = self.plan(
+            settings, conversations, inputs, strict=strict, chat_template_kwargs=chat_template_kwargs
+        )
         positions = PromptPositions.from_attention_mask(
             inputs["attention_mask"], settings.positions, settings.step_scope
         )

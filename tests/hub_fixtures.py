@@ -1,6 +1,13 @@
-"""Pytest fixtures for Hub tests: a local Hub server and a ``huggingface_hub`` isolated from the machine.
+"""Hub tests: a local Hub server and a ``huggingface_hub`` client isolated from the machine.
 
-Import the fixtures into a test module (``from hub_fixtures import hub  # noqa: F401``). Nothing of
+A test module makes its fixture from :func:`local_hub`::
+
+    @pytest.fixture
+    def hub(tmp_path, monkeypatch):
+        with local_hub(tmp_path / "hf_home", monkeypatch) as running:
+            yield running
+
+Nothing of
 the client is faked: it sends real HTTP requests to :mod:`hub_server` on ``127.0.0.1``. Only
 ``huggingface_hub.constants`` is patched, because its environment variables are read once, at import
 (``docs/hub-test-server.md``): endpoint, cache, token file, offline switch, telemetry.
@@ -9,6 +16,7 @@ the client is faked: it sends real HTTP requests to :mod:`hub_server` on ``127.0
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,12 +75,12 @@ def isolate_hub_client(home: Path, endpoint: str, monkeypatch: pytest.MonkeyPatc
     return cache
 
 
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    """A fresh local Hub (users ``alice`` and ``bob``, see ``TOKENS``) and an isolated client; stopped after."""
+@contextmanager
+def local_hub(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """A fresh local Hub (users ``alice`` and ``bob``, see ``TOKENS``) and a client isolated under ``home``."""
     server, url = start_hub_server(TOKENS)
     try:
-        cache = isolate_hub_client(tmp_path / "hf_home", url, monkeypatch)
+        cache = isolate_hub_client(home, url, monkeypatch)
         yield LocalHub(server=server, url=url, cache=cache, monkeypatch=monkeypatch)
     finally:
         stop_hub_server(server)

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from hub_fixtures import ALICE, BOB, LocalHub, local_hub
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
-from hub_fixtures import ALICE, BOB, LocalHub, hub  # noqa: F401 (hub is a fixture)
 
 from cmrm_guard.errors import PackError
 from cmrm_guard.vectors.pack import PackMeta, VectorPack
 
 HIDDEN = 8
 PACK_FILES = ["README.md", "pack_config.json", "shifts.safetensors"]
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    with local_hub(tmp_path / "hf_home", monkeypatch) as running:
+        yield running
 
 
 def make_pack(seed: int = 0) -> VectorPack:
@@ -162,3 +170,31 @@ def test_pull_errors_are_clear(hub: LocalHub, pack_id: str, revision: str | None
     make_pack().push_to_hub("alice/tiny-cmrm", token=ALICE, endpoint=hub.url)
     with pytest.raises(PackError, match=match):
         VectorPack.from_pretrained(pack_id, revision=revision, endpoint=hub.url)
+
+
+def test_server_speaks_the_hub_protocol(hub: LocalHub, tmp_path: Path) -> None:
+    """The server answers the client's own calls as the Hub does (for other tests to rely on)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    api = HfApi(endpoint=hub.url, token=ALICE)
+    url = api.create_repo("alice/files")
+    assert url.repo_id == "alice/files" and api.create_repo("alice/files", exist_ok=True) == url
+    commit = api.upload_file(path_or_fileobj=b"hello", path_in_repo="sub/a.txt", repo_id="alice/files")
+    assert api.model_info("alice/files").sha == commit.oid
+    assert api.list_repo_files("alice/files") == [".gitattributes", "sub/a.txt"]
+    path = hf_hub_download("alice/files", "sub/a.txt", revision=commit.oid, endpoint=hub.url)
+    assert Path(path).read_bytes() == b"hello" and commit.oid in path
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download("alice/files", "nope.txt", endpoint=hub.url)
+    with pytest.raises(RevisionNotFoundError):
+        api.model_info("alice/files", revision="nope")
+    api.create_repo("alice/private", private=True)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.url, token=False).model_info("alice/private")
+    with pytest.raises(HfHubHTTPError, match="409"):
+        api.create_repo("alice/files")

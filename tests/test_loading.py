@@ -56,3 +56,12 @@ def test_from_pretrained_names_the_processor_way_out(tmp_path):
 def test_from_pretrained_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(OSError):
         SteeredVLM.from_pretrained(tmp_path / "nope", local_files_only=True)
+
+
+def test_from_pretrained_with_a_device_map(tmp_path):
+    """accelerate dispatch (device_map) and our hooks coexist; shifts follow each layer's device."""
+    pytest.importorskip("accelerate")
+    save_tiny_vlm("llava", tmp_path)
+    svlm = SteeredVLM.from_pretrained(tmp_path, device_map="cpu", vectors=random_vectors(2, 64, 2.0))
+    out = svlm.generate([image_chat()], max_new_tokens=3)
+    assert out.steering.applied and len(out.texts) == 1

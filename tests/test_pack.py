@@ -353,3 +353,10 @@ def test_views() -> None:
         pack[2]
     text = repr(pack)
     assert "model_type='llava'" in text and "layers=[0, 1, 3]" in text and "hidden_size=8" in text
+
+
+def test_numpy_integer_layer_keys_are_accepted() -> None:
+    import numpy as np
+
+    pack = VectorPack({np.int64(0): torch.zeros(HIDDEN), np.int64(1): torch.ones(HIDDEN)}, _meta())
+    assert list(pack.shifts) == [0, 1] and all(type(k) is int for k in pack.shifts)

@@ -161,16 +161,17 @@ def test_steering_context_overrides_only_this_thread():
         pass
 
 
-def test_bf16_model_gets_the_shift_in_its_own_dtype():
-    model, processor = tiny("llava", torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_gets_the_shift_in_its_own_dtype(dtype):
+    model, processor = tiny("llava", dtype)
     vector = torch.randn(64, dtype=torch.float32)
     svlm = SteeredVLM(model, processor, vectors={0: vector}, config=SteeringConfig(alpha=1.0))
     inputs = svlm.encode([image_chat()])
     with torch.no_grad():
         base = model(**inputs, output_hidden_states=True).hidden_states[1]
         out = svlm.forward(inputs, output_hidden_states=True).hidden_states[1]
-    assert out.dtype == torch.bfloat16
-    assert torch.equal(out[:, -1], base[:, -1] + vector.to(torch.bfloat16))
+    assert out.dtype == dtype
+    assert torch.equal(out[:, -1], base[:, -1] + vector.to(dtype))
     text = svlm.chat(image_chat(), max_new_tokens=3)
     assert isinstance(text, str)
 
@@ -217,4 +218,22 @@ def test_bad_inputs_name_the_value_and_what_was_expected():
         svlm.generate(svlm.encode([image_chat()]), config=SteeringConfig(mode="sample"))
     with pytest.raises(ConfigError, match="SteeringConfig"):
         SteeredVLM(model, processor, config={"alpha": 1.0})
+    assert count_hooks(model) == 0
+
+
+def test_a_pack_for_another_model_is_refused_and_leaves_the_model_unsteered():
+    from cmrm_guard import PackMeta, VectorPack
+    from cmrm_guard.errors import PackMismatchError
+
+    model, processor = tiny("llava")
+    meta = PackMeta(model_type="qwen2_vl", hidden_size=64, num_layers=2, layer_indices=[0, 1])
+    foreign = VectorPack({0: torch.ones(64), 1: torch.ones(64)}, meta)
+    with pytest.raises(PackMismatchError, match="qwen2_vl"):
+        SteeredVLM(model, processor, vectors=foreign, strict=True)
+    with pytest.warns(UserWarning, match="vector pack refused"):
+        lenient = SteeredVLM(model, processor, vectors=foreign)
+    assert lenient.vectors is None and isinstance(lenient.vectors_error, PackMismatchError)
+    with pytest.warns(UserWarning, match="answering unsteered"):
+        output = lenient.generate([image_chat()], max_new_tokens=2)
+    assert not output.steering.applied and "qwen2_vl" in output.steering.reason
     assert count_hooks(model) == 0

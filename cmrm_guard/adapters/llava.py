@@ -1,4 +1,4 @@
-"""LLaVA family: ``llava`` (LLaVA-1.5), ``llava_next`` (LLaVA-1.6 / NeXT), ``llava_onevision``.
+"""LLaVA family: ``llava`` (LLaVA-1.5) and ``llava_next`` (LLaVA-1.6 / NeXT).
 
 Decoder: ``model.language_model.layers`` (``LlavaModel.language_model``). Image placeholder:
 ``<image>`` expanded by the processor to the image's feature count.
@@ -22,9 +22,9 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-@register_adapter("llava", "llava_next", "llava_onevision")
+@register_adapter("llava", "llava_next")
 class LlavaAdapter(VLMAdapter):
-    """LLaVA-1.5 / NeXT / OneVision (transformers-native ``llava-hf`` checkpoints)."""
+    """LLaVA-1.5 / NeXT (transformers-native ``llava-hf`` checkpoints)."""
 
     decoder_path = "model.language_model.layers"
     fallback_chat_template = LLAVA_CHAT_TEMPLATE

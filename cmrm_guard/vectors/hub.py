@@ -9,6 +9,7 @@ cmrm_guard`` stays light.
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from string import Template
@@ -25,48 +26,17 @@ LIBRARY_NAME = "cmrm-guard"
 CARD_TAGS = ["cmrm", "activation-steering", "vlm-safety"]
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
-CARD_TEMPLATE = Template("""\
-# CMRM vector pack for `$model`
+CARD_TEMPLATE_FILE = "card_template.md"
+"""The model card template (``string.Template`` syntax), shipped in the package; the top-level
+``vectors/card_template.md`` links to it."""
 
-Per-layer shift vectors for [CMRM](https://arxiv.org/abs/2410.09047) (cross-modality representation
-manipulation): added to the decoder hidden states of `$model`, they move its image+text
-representations back toward the text-only ones its safety alignment was trained on. Made with
-cmrm-guard $version; pack format $format_version.
 
-## How it was calibrated
+def card_template() -> Template:
+    """The model card template of a pack."""
+    from importlib import resources
 
-| setting | value |
-|---|---|
-| base model | $base_model |
-| model type | `$model_type` |
-| decoder layers steered | $layers (of $num_layers), hidden size $hidden_size |
-| estimator | `$estimator` |
-| corruption (image of the corrupted twin) | `$corruption` |
-| calibration samples | $num_samples |
-| calibration data sha256 | $calibration_hash |
-| default alpha | $alpha |
-| application | `$application` |
-| positions / steps | `$positions` / `$step_scope` |
-| shifts.safetensors sha256 | `$shifts_sha256` |
-
-## How to use it
-
-```python
-from cmrm_guard import SteeredVLM
-
-model = SteeredVLM.from_pretrained("$base_for_code", vectors="$repo_for_code")
-```
-
-or fetch it into the local cache first: `cmrm-guard pull $repo_for_code`.
-$evaluation
-## How to rebuild it
-
-```bash
-$rebuild
-```
-
-The pack is `shifts.safetensors` (tensors `layers.<i>.shift`), `pack_config.json` and this card; it holds no code.
-""")
+    text = (resources.files("cmrm_guard.vectors") / CARD_TEMPLATE_FILE).read_text(encoding="utf-8")
+    return Template(text)
 
 
 def render_model_card(meta: PackMeta, *, repo_id: str | None = None) -> str:
@@ -83,7 +53,7 @@ def render_model_card(meta: PackMeta, *, repo_id: str | None = None) -> str:
     if base and meta.base_model_revision:
         base = f"{base} (revision `{meta.base_model_revision}`)"
     evaluation = f"\n## Evaluation\n\n{meta.evaluation.strip()}\n" if meta.evaluation else ""
-    body = CARD_TEMPLATE.substitute(
+    body = card_template().substitute(
         model=meta.base_model or meta.model_type,
         version=meta.cmrm_guard_version,
         format_version=meta.format_version,
@@ -181,8 +151,9 @@ def download_pack(
         ) from err
     except RepositoryNotFoundError as err:  # also gated repos
         raise PackError(
-            f"vector pack {repo_id!r} was not found on {endpoint or 'the Hub'}: the repo does not exist, or it is "
-            "private or gated and no valid token was sent; check the id, or pass token= (or run `hf auth login`)"
+            f"vector pack {repo_id!r} is not a local folder and was not found on {endpoint or 'the Hub'}: the repo "
+            "does not exist, or it is private or gated and no valid token was sent; check the path or id, or pass "
+            "token= (or run `hf auth login`)"
         ) from err
     except LocalEntryNotFoundError as err:
         raise PackError(
@@ -219,13 +190,13 @@ def upload_pack(
         The commit.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.utils import SoftTemporaryDirectory
 
     api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_library_version())
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
     if revision is not None and not create_pr and revision != "main":
         api.create_branch(repo_url.repo_id, branch=revision, exist_ok=True)
-    with SoftTemporaryDirectory() as tmp:
+    # not huggingface_hub's SoftTemporaryDirectory: it skips its cleanup when the body raises (a refused push)
+    with tempfile.TemporaryDirectory(prefix="cmrm-pack-", ignore_cleanup_errors=True) as tmp:
         folder = Path(tmp)
         save(folder)
         operations = [

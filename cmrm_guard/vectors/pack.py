@@ -21,7 +21,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from importlib import metadata
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -205,6 +205,11 @@ class VectorPack:
     def __init__(self, shifts: Mapping[int, torch.Tensor], meta: PackMeta) -> None:
         if not isinstance(meta, PackMeta):
             raise TypeError(f"meta must be a PackMeta, got {type(meta).__name__}")
+        if any(isinstance(k, Integral) and not isinstance(k, bool) for k in shifts):
+            shifts = {
+                int(k) if isinstance(k, Integral) and not isinstance(k, bool) else k: v
+                for k, v in shifts.items()
+            }
         _check_shifts(shifts, meta)  # on the given tensors: names the caller's dtype and shape
         copies = {
             i: shifts[i].detach().to(device="cpu", dtype=torch.float32, copy=True) for i in meta.layer_indices
@@ -212,6 +217,17 @@ class VectorPack:
         _check_shifts(copies, meta)  # float64 values beyond float32's range became inf
         self.shifts = copies
         self.meta = meta.model_copy(deep=True, update={"dtype": "float32"})
+
+    @classmethod
+    def from_calibration(cls, svlm: Any, samples: Any, **kwargs: Any) -> VectorPack:
+        """Calibrate a pack for ``svlm``'s model: :func:`cmrm_guard.calibrate` (same arguments).
+
+        Example:
+            >>> pack = VectorPack.from_calibration(svlm, samples, estimator="mean")
+        """
+        from cmrm_guard.vectors.calibrate import calibrate
+
+        return calibrate(svlm, samples, **kwargs)
 
     @classmethod
     def _trusted(cls, shifts: dict[int, torch.Tensor], meta: PackMeta) -> VectorPack:

@@ -1,0 +1,166 @@
+"""Calibration cost: peak memory vs ``output_hidden_states=True``, and batched vs one-by-one throughput.
+
+Model: a LLaVA whose decoder has SmolLM2-135M's shape (random weights; see bench_steering.py).
+
+- Memory: each measurement runs in a fresh subprocess; the figure is the growth of the process's
+  peak RSS during the calibration pass over the RSS after loading the model. ``calibrate`` keeps
+  only the last prompt token per layer (and asks for one position of logits); the baseline is what
+  a straightforward implementation does: ``model(**inputs, output_hidden_states=True)`` and then
+  ``hidden_states[l][:, -1]``. Prompts of ~1k tokens.
+- Throughput: samples per second of ``calibrate`` at ``batch_size=8`` vs ``batch_size=1`` on the
+  same short prompts, same process, interleaved.
+
+Run: ``python benchmarks/bench_calibration.py``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SMOLLM2_135M = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49152,
+    "max_position_embeddings": 4096,
+}
+WORDS = (
+    ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "small", "birds", "sing", "in", "the", "tall", "green", "tree"]
+)
+
+
+def _svlm():
+    from cmrm_guard import SteeredVLM
+    from cmrm_guard.tiny import build_tiny_vlm
+
+    torch.manual_seed(0)
+    model, processor = build_tiny_vlm("llava", text_overrides=SMOLLM2_135M)
+    return SteeredVLM(model, processor)
+
+
+def _long_prompt(tokens: int, seed: int) -> str:
+    words = [WORDS[(seed * 7 + i) % len(WORDS)] for i in range(tokens)]
+    return " ".join(words)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(method: str, tokens: int, samples: int) -> None:
+    """Runs in a subprocess: prints the peak-RSS growth (MB) of one calibration pass."""
+    from cmrm_guard import calibrate
+    from cmrm_guard.tiny import tiny_image
+
+    torch.set_num_threads(2)
+    svlm = _svlm()
+    chats = [
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": tiny_image(i)},
+                    {"type": "text", "text": _long_prompt(tokens, i)},
+                ],
+            }
+        ]
+        for i in range(samples)
+    ]
+    prompt_tokens = int(svlm.encode(chats[:1])["input_ids"].shape[1])
+    before = _peak_rss_mb()
+    with torch.inference_mode():
+        if method == "calibrate":
+            calibrate(svlm, chats, batch_size=samples, progress=False)
+        else:  # the straightforward way: every position of every layer, full logits
+            text = [svlm.adapter.text_only_twin(c) for c in chats]
+            corrupt = [svlm.adapter.corrupted_twin(c, svlm.processor, "blank") for c in chats]
+            inputs = svlm.encode(text + corrupt)
+            states = svlm.model(**inputs, output_hidden_states=True).hidden_states
+            _ = [h[:samples, -1] - h[samples:, -1] for h in states[1:]]
+    print(json.dumps({"growth_mb": _peak_rss_mb() - before, "prompt_tokens": prompt_tokens}))
+
+
+def measure_memory(tokens: int, samples: int) -> dict[str, float]:
+    results = {}
+    for method in ("calibrate", "output_hidden_states"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                method,
+                "--tokens",
+                str(tokens),
+                "--samples",
+                str(samples),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+    calib, naive = results["calibrate"], results["output_hidden_states"]
+    return {
+        "prompt tokens": calib["prompt_tokens"],
+        "calibrate peak RSS growth, MB": calib["growth_mb"],
+        "output_hidden_states peak RSS growth, MB": naive["growth_mb"],
+        "memory ratio calibrate / output_hidden_states": calib["growth_mb"] / naive["growth_mb"],
+    }
+
+
+def measure_throughput(samples: int, rounds: int) -> dict[str, float]:
+    from cmrm_guard import calibrate
+
+    svlm = _svlm()
+    prompts = [{"prompt": _long_prompt(12 + (i % 5) * 3, i)} for i in range(samples)]
+    calibrate(svlm, prompts[:2], batch_size=2, progress=False)  # warm-up
+    times: dict[int, list[float]] = {1: [], 8: []}
+    for r in range(rounds):
+        for batch in (1, 8) if r % 2 == 0 else (8, 1):
+            start = time.perf_counter()
+            calibrate(svlm, prompts, batch_size=batch, progress=False)
+            times[batch].append(time.perf_counter() - start)
+    one, eight = statistics.median(times[1]), statistics.median(times[8])
+    return {
+        "one-by-one samples/s": samples / one,
+        "batch_size=8 samples/s": samples / eight,
+        "throughput ratio batched / one-by-one": one / eight,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory-child", choices=["calibrate", "output_hidden_states"])
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--throughput-samples", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "calibration.json")
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.tokens, args.samples)
+        return
+    torch.set_num_threads(2)
+    results = measure_memory(args.tokens, args.samples)
+    results.update(measure_throughput(args.throughput_samples, args.rounds))
+    width = max(map(len, results))
+    for name, value in results.items():
+        print(f"{name:<{width}}  {value:10.3f}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data files shipped with cmrm-guard (see PROVENANCE.md)."""

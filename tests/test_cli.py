@@ -1,0 +1,99 @@
+"""`cmrm-guard` CLI: calibrate -> save -> load -> attach round trip, push / pull / inspect, clean errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hub_fixtures import ALICE, LocalHub, local_hub
+
+from cmrm_guard import SteeredVLM, VectorPack, calibrate, count_hooks
+from cmrm_guard.cli import main
+from cmrm_guard.tiny import save_tiny_vlm
+from cmrm_guard.vectors import data
+from tests.conftest import image_chat
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    with local_hub(tmp_path / "hf_home", monkeypatch) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    save_tiny_vlm("llava", folder)
+    return folder
+
+
+def test_calibrate_save_load_attach_gives_bit_identical_steering(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(json.dumps({"id": f"p{i}", "prompt": f"request number {i} please"}) for i in range(6))
+    )
+    status = main(["calibrate", str(model_dir), "-o", str(tmp_path / "pack"), "--data", str(prompts),
+                   "--batch-size", "4", "--quiet", "--alpha", "0.7"])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    loaded = VectorPack.from_pretrained(tmp_path / "pack")
+    assert loaded.meta.num_samples == 6 and loaded.meta.alpha == 0.7
+    svlm = SteeredVLM.from_pretrained(model_dir)
+    records = data.read_prompts_jsonl(prompts)
+    size = svlm.adapter.default_image_size(svlm.processor)
+    in_memory = calibrate(
+        svlm, data.calibration_conversations(records, image_size=size), batch_size=4, alpha=0.7
+    )
+    for layer in in_memory.layer_indices:
+        assert torch.equal(loaded.shifts[layer], in_memory.shifts[layer])
+    assert loaded.meta.calibration_hash == in_memory.meta.calibration_hash
+    from_disk = SteeredVLM.from_pretrained(model_dir, vectors=tmp_path / "pack")
+    from_memory = SteeredVLM.from_pretrained(model_dir, vectors=in_memory)
+    assert torch.equal(from_disk.forward([image_chat()]).logits, from_memory.forward([image_chat()]).logits)
+    assert count_hooks(from_disk.model) == 0
+
+
+def test_calibrate_defaults_to_the_shipped_prompts(model_dir, tmp_path):
+    assert (
+        main(["calibrate", str(model_dir), "-o", str(tmp_path / "p"), "--num-samples", "4", "--quiet"]) == 0
+    )
+    pack = VectorPack.from_pretrained(tmp_path / "p")
+    assert pack.meta.num_samples == 4 and pack.meta.model_type == "llava"
+
+
+def test_push_pull_inspect_through_a_local_hub(hub, model_dir, tmp_path, capsys):
+    source = tmp_path / "pack"
+    assert main(["calibrate", str(model_dir), "-o", str(source), "--num-samples", "3", "--quiet"]) == 0
+    assert main(["push", str(source), "alice/tiny-llava-cmrm", "--token", ALICE, "--private"]) == 0
+    assert len(hub.commits("alice/tiny-llava-cmrm")) == 2  # the repo's initial commit + ONE pack commit
+    # before anything is cached (huggingface_hub serves a cached snapshot when the Hub refuses)
+    assert main(["pull", "alice/tiny-llava-cmrm"]) == 2  # private, no token
+    assert "not found" in capsys.readouterr().err
+    assert main(["pull", "alice/tiny-llava-cmrm", "--token", ALICE, "-o", str(tmp_path / "copy")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"at commit [0-9a-f]{40}", out)
+    assert torch.equal(
+        VectorPack.from_pretrained(tmp_path / "copy").shifts[1], VectorPack.from_pretrained(source).shifts[1]
+    )
+    assert main(["inspect", "alice/tiny-llava-cmrm", "--token", ALICE]) == 0
+    printed = capsys.readouterr().out
+    assert '"model_type": "llava"' in printed and "layer   1:" in printed
+
+
+def test_errors_are_one_line_and_exit_non_zero(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"no_prompt": 1}\n')
+    assert (
+        main(["calibrate", str(tmp_path / "missing-model"), "-o", str(tmp_path / "x"), "--data", str(bad)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.jsonl:2" in err and "Traceback" not in err
+    assert main(["inspect", str(bad)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "m", "-o", "x", "--layers", "a,b"])
+    assert exit_info.value.code == 2
