@@ -49,3 +49,23 @@ class PackMismatchError(PackError):
 
 class SteeringUnavailableError(CMRMError, RuntimeError):
     """Steering was required (``strict=True``) but cannot be applied to this call."""
+
+
+class ImageInputError(ConversationError):
+    """An image in a chat message cannot be used (refused source, over a limit, unreadable)."""
+
+
+class RemoteImageRefusedError(ImageInputError):
+    """An image given as an http(s) URL was refused: fetching remote images was not enabled."""
+
+
+class LocalImageRefusedError(ImageInputError):
+    """An image given as a local file path was refused: reading local files was not enabled."""
+
+
+class ImageTooLargeError(ImageInputError):
+    """An image is over the byte-size or pixel-count limit."""
+
+
+class CorruptImageError(ImageInputError):
+    """Image data could not be decoded (bad base64, truncated or not an image)."""

@@ -189,14 +189,34 @@ _LLAVA_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
+# Qwen also renders tools the Hermes way Qwen2.5 does: a system turn listing the JSON schemas,
+# assistant tool calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results as a
+# user turn in <tool_response> tags. Without tools / tool messages the output is unchanged.
 _QWEN_TEMPLATE = (
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the user "
+    "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{\"name\": <function-name>, \"arguments\": <args-json-object>}'
+    "\n</tool_call><|im_end|>\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['role'] == 'tool' -%}{{- '<|im_start|>user\n<tool_response>\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + message['role'] + '\n' -}}{%- endif -%}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for item in message['content'] -%}"
     "{%- if item['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
     "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] is defined -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{{- '\n<tool_call>\n' + ({'name': fn['name'], 'arguments': fn['arguments']} | tojson)"
+    " + '\n</tool_call>' -}}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- if message['role'] == 'tool' -%}{{- '\n</tool_response>' -}}{%- endif -%}"
     "{{- '<|im_end|>\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"

@@ -8,7 +8,7 @@ through transformers' common API; a family file overrides only what differs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -177,8 +177,16 @@ class VLMAdapter:
                 return edge, edge
         return 224, 224
 
-    def encode(self, processor: Any, conversations: Sequence[Conversation]) -> Any:
+    def encode(
+        self,
+        processor: Any,
+        conversations: Sequence[Conversation],
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Render a batch of conversations with the chat template into left-padded model inputs.
+
+        ``chat_template_kwargs`` go to ``apply_chat_template`` (e.g. ``tools=[...]``, template
+        variables such as ``enable_thinking``).
 
         Returns the processor's ``BatchFeature`` (``input_ids``, ``attention_mask``, pixel inputs
         and any architecture extras such as ``mm_token_type_ids``).
@@ -186,7 +194,7 @@ class VLMAdapter:
         if not conversations:
             raise ConversationError("no conversation to encode: got an empty batch")
         resolved = [conv.resolve_images(conv.check_conversation(c)) for c in conversations]
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(chat_template_kwargs or {})
         if getattr(processor, "chat_template", None) is None and self.fallback_chat_template:
             kwargs["chat_template"] = self.fallback_chat_template
         return processor.apply_chat_template(
