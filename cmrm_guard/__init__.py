@@ -7,6 +7,7 @@ Public API (imported lazily, so ``import cmrm_guard`` stays light):
 - :func:`calibrate`: dataset-level shift vectors from calibration samples -> :class:`VectorPack`.
 - :class:`VectorPack`: shift vectors + metadata, saved as safetensors + JSON, pushed to the Hub.
 - :mod:`cmrm_guard.adapters`: the architecture registry (``register_adapter``, ``get_adapter``).
+- :class:`ChatSteeredVLM`: the LangChain chat model (``cmrm_guard.langchain``; needs langchain-core).
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ _EXPORTS = {
     "VectorPack": "cmrm_guard.vectors.pack",
     "PackMeta": "cmrm_guard.vectors.pack",
     "count_hooks": "cmrm_guard.hooks",
+    "ChatSteeredVLM": "cmrm_guard.langchain",  # needs langchain-core (the `langchain` extra)
 }
 
 __all__ = [
     "AppliedSteering",
+    "ChatSteeredVLM",
     "CalibrationConfig",
     "GenerationOutput",
     "PackMeta",
@@ -44,6 +47,7 @@ __all__ = [
 if TYPE_CHECKING:
     from cmrm_guard.config import CalibrationConfig, SteeringConfig
     from cmrm_guard.hooks import count_hooks
+    from cmrm_guard.langchain import ChatSteeredVLM
     from cmrm_guard.steered import AppliedSteering, GenerationOutput, SteeredVLM
     from cmrm_guard.vectors.calibrate import calibrate
     from cmrm_guard.vectors.pack import PackMeta, VectorPack
