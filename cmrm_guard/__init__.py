@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SteeredVLM": "cmrm_guard.steered",
-    "GenerationOutput": "cmrm_guard.steered",
-    "AppliedSteering": "cmrm_guard.steered",
+    "GenerationOutput": "cmrm_guard.outputs",
+    "AppliedSteering": "cmrm_guard.outputs",
     "SteeringConfig": "cmrm_guard.config",
     "CalibrationConfig": "cmrm_guard.config",
     "calibrate": "cmrm_guard.vectors.calibrate",
@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from cmrm_guard.config import CalibrationConfig, SteeringConfig
     from cmrm_guard.hooks import count_hooks
     from cmrm_guard.langchain import ChatSteeredVLM
-    from cmrm_guard.steered import AppliedSteering, GenerationOutput, SteeredVLM
+    from cmrm_guard.outputs import AppliedSteering, GenerationOutput
+    from cmrm_guard.steered import SteeredVLM
     from cmrm_guard.vectors.calibrate import calibrate
     from cmrm_guard.vectors.pack import PackMeta, VectorPack
 

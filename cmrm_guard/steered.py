@@ -15,7 +15,6 @@ import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,9 @@ from cmrm_guard.errors import (
     VectorError,
 )
 from cmrm_guard.hooks import PromptPositions, check_layer_indices, record_last_token, steer
+from cmrm_guard.outputs import AppliedSteering, GenerationOutput
 from cmrm_guard.shifts import layer_shifts
+from cmrm_guard.streaming import stream_text
 
 if TYPE_CHECKING:
     from cmrm_guard.vectors.pack import VectorPack
@@ -56,68 +57,6 @@ def model_lock(model: nn.Module) -> threading.RLock:
         if lock is None:
             lock = _MODEL_LOCKS[model] = threading.RLock()
         return lock
-
-
-@dataclass(frozen=True)
-class AppliedSteering:
-    """What steering a call actually applied (for logs, traces and ``response_metadata``)."""
-
-    applied: bool
-    mode: str
-    alpha: float | None = None
-    application: str | None = None
-    layers: tuple[int, ...] = ()
-    policy: str = "images"
-    rows_steered: tuple[bool, ...] = ()
-    pack: str | None = None
-    pack_revision: str | None = None
-    reason: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain-dict form (JSON-serialisable)."""
-        return {
-            "applied": self.applied,
-            "mode": self.mode,
-            "alpha": self.alpha,
-            "application": self.application,
-            "layers": list(self.layers),
-            "policy": self.policy,
-            "rows_steered": list(self.rows_steered),
-            "pack": self.pack,
-            "pack_revision": self.pack_revision,
-            "reason": self.reason,
-        }
-
-
-@dataclass
-class GenerationOutput:
-    """Result of :meth:`SteeredVLM.generate`.
-
-    Attributes:
-        sequences: (batch, prompt + new) token ids, as ``model.generate`` returns them.
-        texts: decoded new tokens of each row.
-        prompt_length: padded prompt length (new tokens start there).
-        steering: what was applied.
-        new_token_counts: generated tokens per row (padding after an early stop not counted).
-    """
-
-    sequences: Tensor
-    texts: list[str]
-    prompt_length: int
-    steering: AppliedSteering
-    new_token_counts: list[int] = field(default_factory=list)
-    raw: Any = None
-    """What ``model.generate`` returned (a ``GenerateOutput`` with scores/logits when asked for)."""
-
-
-class _StopEvent:
-    """A ``StoppingCriteria`` that stops generation when a streaming consumer goes away."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
 class SteeredVLM:
@@ -251,53 +190,17 @@ class SteeredVLM:
         )
 
     def _load_vectors(self, vectors: Any, revision: str | None, token: Any) -> VectorPack:
-        from cmrm_guard.vectors.pack import PackMeta, VectorPack
+        from cmrm_guard.vectors.inputs import as_vector_pack
 
-        if isinstance(vectors, VectorPack):
-            pack = vectors
-        elif isinstance(vectors, str | Path):
-            pack = VectorPack.from_pretrained(vectors, revision=revision, token=token)
-        elif isinstance(vectors, Tensor | Mapping):
-            shifts = self._vectors_as_dict(vectors)
-            meta = PackMeta(
-                base_model=self.model_id,
-                model_type=self.model_type,
-                hidden_size=self.hidden_size,
-                num_layers=self.num_layers,
-                layer_indices=sorted(shifts),
-            )
-            pack = VectorPack(shifts, meta)
-        else:
-            raise VectorError(
-                "vectors must be a VectorPack, a pack directory or Hub repo id, a {layer: tensor} "
-                f"dict or a (num_layers, hidden) tensor; got {type(vectors).__name__}"
-            )
-        pack.validate_for(
+        return as_vector_pack(
+            vectors,
             model_type=self.model_type,
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
             model_id=self.model_id,
+            revision=revision,
+            token=token,
         )
-        return pack
-
-    def _vectors_as_dict(self, vectors: Mapping[int, Tensor] | Tensor) -> dict[int, Tensor]:
-        if isinstance(vectors, Tensor):
-            if vectors.dim() != 2 or vectors.shape != (self.num_layers, self.hidden_size):
-                raise VectorError(
-                    f"a vectors tensor must have shape (num_layers, hidden) = "
-                    f"({self.num_layers}, {self.hidden_size}), got {tuple(vectors.shape)}"
-                )
-            return {i: vectors[i] for i in range(self.num_layers)}
-        out: dict[int, Tensor] = {}
-        check_layer_indices(list(vectors), self.num_layers)
-        for index, vector in vectors.items():
-            if not isinstance(vector, Tensor) or tuple(vector.shape) != (self.hidden_size,):
-                raise VectorError(
-                    f"vector for layer {index} must have shape ({self.hidden_size},) (the decoder's "
-                    f"hidden size), got {tuple(getattr(vector, 'shape', ())) or type(vector).__name__}"
-                )
-            out[int(index)] = vector
-        return out
 
     def attach(self, vectors: Any, *, revision: str | None = None, token: Any = None) -> None:
         """Validate and attach a new pack; a refused pack leaves the current one in place."""
@@ -687,45 +590,23 @@ class SteeredVLM:
 
         Closing the iterator early stops generation and removes the hooks before it returns.
         """
-        from transformers import TextIteratorStreamer
-
         conversation = conv.check_conversation(conversation)
         settings = self.resolve_config(config)  # resolved here: the worker thread has no context
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
-        stop = _StopEvent()
-        failure: list[BaseException] = []
         generate_kwargs.setdefault("do_sample", False)
-        from transformers import StoppingCriteriaList
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
 
-        criteria = StoppingCriteriaList(generate_kwargs.pop("stopping_criteria", None) or [])
-        criteria.append(stop)
+        def run(streamer: Any, stopping_criteria: Any) -> None:
+            self.generate(
+                [conversation],
+                config=settings,
+                streamer=streamer,
+                stopping_criteria=stopping_criteria,
+                max_new_tokens=max_new_tokens,
+                **generate_kwargs,
+            )
 
-        def work() -> None:
-            try:
-                self.generate(
-                    [conversation],
-                    config=settings,
-                    streamer=streamer,
-                    max_new_tokens=max_new_tokens,
-                    stopping_criteria=criteria,
-                    **generate_kwargs,
-                )
-            except BaseException as error:  # re-raised in the consumer
-                failure.append(error)
-                streamer.end()
-
-        worker = threading.Thread(target=work, name="cmrm-guard-stream", daemon=True)
-        worker.start()
-        try:
-            for piece in streamer:
-                if piece:
-                    yield piece
-        finally:
-            stop.event.set()
-            worker.join()
-        if failure:
-            raise failure[0]
+        extra_criteria = generate_kwargs.pop("stopping_criteria", None)
+        yield from stream_text(run, tokenizer, extra_criteria)
 
     def __repr__(self) -> str:
         pack = repr(self.vectors) if self.vectors is not None else "None"

@@ -1,0 +1,60 @@
+"""Value types that say what a steered call did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AppliedSteering:
+    """What steering a call actually applied (for logs, traces and ``response_metadata``)."""
+
+    applied: bool
+    mode: str
+    alpha: float | None = None
+    application: str | None = None
+    layers: tuple[int, ...] = ()
+    policy: str = "images"
+    rows_steered: tuple[bool, ...] = ()
+    pack: str | None = None
+    pack_revision: str | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-serialisable)."""
+        return {
+            "applied": self.applied,
+            "mode": self.mode,
+            "alpha": self.alpha,
+            "application": self.application,
+            "layers": list(self.layers),
+            "policy": self.policy,
+            "rows_steered": list(self.rows_steered),
+            "pack": self.pack,
+            "pack_revision": self.pack_revision,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class GenerationOutput:
+    """Result of :meth:`SteeredVLM.generate`.
+
+    Attributes:
+        sequences: (batch, prompt + new) token ids, as ``model.generate`` returns them.
+        texts: decoded new tokens of each row.
+        prompt_length: padded prompt length (new tokens start there).
+        steering: what was applied.
+        new_token_counts: generated tokens per row (padding after an early stop not counted).
+    """
+
+    sequences: Tensor
+    texts: list[str]
+    prompt_length: int
+    steering: AppliedSteering
+    new_token_counts: list[int] = field(default_factory=list)
+    raw: Any = None
+    """What ``model.generate`` returned (a ``GenerateOutput`` with scores/logits when asked for)."""
