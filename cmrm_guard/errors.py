@@ -69,3 +69,7 @@ class ImageTooLargeError(ImageInputError):
 
 class CorruptImageError(ImageInputError):
     """Image data could not be decoded (bad base64, truncated or not an image)."""
+
+
+class NotSteerableModelError(CMRMError, TypeError):
+    """An agent's model cannot be CMRM-steered (it is not a ``ChatSteeredVLM``)."""
