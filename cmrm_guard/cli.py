@@ -1,6 +1,6 @@
 """The ``cmrm-guard`` command line: a thin shell over the library.
 
-Commands: ``demo``, ``calibrate``, ``push``, ``pull``, ``inspect``. Errors print one line to
+Commands: ``demo``, ``calibrate``, ``push``, ``pull``, ``inspect``, ``eval``. Errors print one line to
 stderr and exit with status 2 (no traceback); Hub endpoint and token come from the usual
 ``HF_ENDPOINT`` / ``HF_TOKEN`` environment or ``--token``.
 """
@@ -108,6 +108,12 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"  layer {layer:>3}: {norm:.4f}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from cmrm_guard.eval.command import run
+
+    run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cmrm-guard``."""
     from cmrm_guard import __version__
@@ -173,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--revision", default=None)
     inspect.add_argument("--token", default=None)
     inspect.set_defaults(run=_inspect)
+
+    from cmrm_guard.eval.command import add_parser as add_eval_parser
+
+    add_eval_parser(commands, DTYPES).set_defaults(run=_eval)
     return parser
 
 
