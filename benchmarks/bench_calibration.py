@@ -25,28 +25,35 @@ import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, bench_vlm, report
 
-SMOLLM2_135M = {
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "head_dim": 64,
-    "vocab_size": 49152,
-    "max_position_embeddings": 4096,
-}
-WORDS = (
-    ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "small", "birds", "sing", "in", "the", "tall", "green", "tree"]
-)
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "small",
+    "birds",
+    "sing",
+    "in",
+    "the",
+    "tall",
+    "green",
+    "tree",
+]
 
 
 def _svlm():
     from cmrm_guard import SteeredVLM
-    from cmrm_guard.tiny import build_tiny_vlm
 
-    torch.manual_seed(0)
-    model, processor = build_tiny_vlm("llava", text_overrides=SMOLLM2_135M)
+    model, processor = bench_vlm()
     return SteeredVLM(model, processor)
 
 
@@ -147,7 +154,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--throughput-samples", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "calibration.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "calibration.json")
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.tokens, args.samples)
@@ -155,11 +162,7 @@ def main() -> None:
     torch.set_num_threads(2)
     results = measure_memory(args.tokens, args.samples)
     results.update(measure_throughput(args.throughput_samples, args.rounds))
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:10.3f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    report(results, args.output, precision=3)
 
 
 if __name__ == "__main__":

@@ -15,42 +15,23 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, bench_vlm, random_vectors, report, timed
 from langchain_core.messages import HumanMessage
 
 from cmrm_guard import SteeredVLM
 from cmrm_guard.langchain import ChatSteeredVLM
-from cmrm_guard.tiny import build_tiny_vlm, tiny_image
+from cmrm_guard.tiny import tiny_image
 
-SMOLLM2_135M = {
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "head_dim": 64,
-    "vocab_size": 49152,
-    "max_position_embeddings": 2048,
-}
 PROMPT = "Look at the picture carefully and tell me, step by step, what the person in it should do next."
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def run(rounds: int, new_tokens: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    model, processor = build_tiny_vlm("llava", text_overrides=SMOLLM2_135M)
-    hidden, layers = SMOLLM2_135M["hidden_size"], SMOLLM2_135M["num_hidden_layers"]
-    svlm = SteeredVLM(model, processor, vectors={i: torch.randn(hidden) * 0.01 for i in range(layers)})
+    model, processor = bench_vlm()
+    svlm = SteeredVLM(model, processor, vectors=random_vectors())
     fixed = {"min_new_tokens": new_tokens}
     llm = ChatSteeredVLM(steered=svlm, max_tokens=new_tokens, generation_kwargs=fixed)
     image = tiny_image(0)
@@ -107,15 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "langchain.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "langchain.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     results = run(args.rounds, args.new_tokens)
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:10.4f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    report(results, args.output)
 
 
 if __name__ == "__main__":

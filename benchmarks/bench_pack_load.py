@@ -20,13 +20,13 @@ Run: ``python benchmarks/bench_pack_load.py [--repeats 30]``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, report
 
 from cmrm_guard import SteeredVLM, VectorPack
 from cmrm_guard.tiny import build_tiny_vlm
@@ -88,15 +88,11 @@ def run(repeats: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "pack_load.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "pack_load.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     results = run(args.repeats)
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:10.3f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    report(results, args.output, precision=3)
 
 
 if __name__ == "__main__":

@@ -12,45 +12,23 @@ Run: ``python benchmarks/bench_steering.py [--rounds 8] [--new-tokens 32]``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, SMOLLM2_135M, bench_vlm, best_per_call, random_vectors, report, timed
 from torch import nn
 
 from cmrm_guard import SteeredVLM, SteeringConfig
 from cmrm_guard.hooks import PromptPositions, steer
-from cmrm_guard.tiny import build_tiny_vlm, tiny_image
+from cmrm_guard.tiny import tiny_image
 
-SMOLLM2_135M = {
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "head_dim": 64,
-    "vocab_size": 49152,
-    "max_position_embeddings": 2048,
-}
 PROMPTS = [
     "Look at the picture carefully and tell me, step by step, what the person in it should do next.",
     "Describe every object you can see in this image, its colour and where it is placed.",
     "What is written in this image? Read it out and then explain what it asks for.",
     "Is there anything unusual in the picture? Answer in two short sentences please.",
 ]
-
-
-def best_per_call(fn, calls: int = 2000, repeats: int = 7) -> float:
-    """Best-of-``repeats`` mean seconds per call of ``fn``."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
 
 
 class StandIn(nn.Module):
@@ -96,19 +74,9 @@ def micro(hidden: int, n_layers: int) -> dict[str, float]:
     return results
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def end_to_end(rounds: int, new_tokens: int, batch_sizes: tuple[int, ...]) -> dict[str, float]:
-    torch.manual_seed(0)
-    model, processor = build_tiny_vlm("llava", text_overrides=SMOLLM2_135M)
-    hidden = SMOLLM2_135M["hidden_size"]
-    layers = SMOLLM2_135M["num_hidden_layers"]
-    vectors = {i: torch.randn(hidden) * 0.01 for i in range(layers)}
-    svlm = SteeredVLM(model, processor, vectors=vectors)
+    model, processor = bench_vlm()
+    svlm = SteeredVLM(model, processor, vectors=random_vectors())
     off = SteeringConfig(enabled=False)
     dataset = SteeringConfig(mode="dataset", alpha=1.0)
     sample = SteeringConfig(mode="sample", alpha=1.0)
@@ -158,16 +126,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "steering.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "steering.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     results = micro(SMOLLM2_135M["hidden_size"], SMOLLM2_135M["num_hidden_layers"])
     results.update(end_to_end(args.rounds, args.new_tokens, tuple(args.batch_sizes)))
-    width = max(map(len, results))
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:10.4f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    report(results, args.output)
 
 
 if __name__ == "__main__":
