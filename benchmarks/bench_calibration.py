@@ -57,9 +57,20 @@ def _svlm():
     return SteeredVLM(model, processor)
 
 
-def _long_prompt(tokens: int, seed: int) -> str:
-    words = [WORDS[(seed * 7 + i) % len(WORDS)] for i in range(tokens)]
-    return " ".join(words)
+def _words(count: int, seed: int) -> str:
+    return " ".join(WORDS[(seed * 7 + i) % len(WORDS)] for i in range(count))
+
+
+def _long_prompt(tokens: int, seed: int, tokenizer) -> str:
+    """Text of about ``tokens`` tokens for ``tokenizer`` (the longest word prefix not over it)."""
+    low, high = 1, tokens
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(tokenizer(_words(mid, seed), add_special_tokens=False)["input_ids"]) <= tokens:
+            low = mid
+        else:
+            high = mid - 1
+    return _words(low, seed)
 
 
 def _peak_rss_mb() -> float:
@@ -79,7 +90,7 @@ def memory_child(method: str, tokens: int, samples: int) -> None:
                 "role": "user",
                 "content": [
                     {"type": "image", "image": tiny_image(i)},
-                    {"type": "text", "text": _long_prompt(tokens, i)},
+                    {"type": "text", "text": _long_prompt(tokens, i, svlm.processor.tokenizer)},
                 ],
             }
         ]
@@ -131,7 +142,7 @@ def measure_throughput(samples: int, rounds: int) -> dict[str, float]:
     from cmrm_guard import calibrate
 
     svlm = _svlm()
-    prompts = [{"prompt": _long_prompt(12 + (i % 5) * 3, i)} for i in range(samples)]
+    prompts = [{"prompt": _words(12 + (i % 5) * 3, i)} for i in range(samples)]
     calibrate(svlm, prompts[:2], batch_size=2, progress=False)  # warm-up
     times: dict[int, list[float]] = {1: [], 8: []}
     for r in range(rounds):
