@@ -161,6 +161,10 @@ class HeuristicFluency:
             share = sum(self.known(w) for w in counted) / len(counted)
             if share < self.min_known:
                 return FluencyResult(False, f"non-words: {share:.0%} of words known")
+        elif len(counted) >= 2 and not any(self.known(w) for w in counted):
+            # a short reply made only of non-words ("eo pictack"): too short for a share, but
+            # not one word of it is English
+            return FluencyResult(False, f"non-words: none of {counted[:3]} is a known word")
         return FluencyResult(True)
 
     def well_formed_clause(self, sentence: str) -> FluencyResult:
