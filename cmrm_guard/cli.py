@@ -1,6 +1,6 @@
 """The ``cmrm-guard`` command line: a thin shell over the library.
 
-Commands: ``demo``, ``calibrate``, ``push``, ``pull``, ``inspect``, ``eval``. Errors print one line to
+Commands: ``demo``, ``calibrate``, ``push``, ``pull``, ``inspect``, ``eval``, ``organism``. Errors print one line to
 stderr and exit with status 2 (no traceback); Hub endpoint and token come from the usual
 ``HF_ENDPOINT`` / ``HF_TOKEN`` environment or ``--token``.
 """
@@ -26,7 +26,28 @@ def _layers(text: str) -> list[int]:
         ) from None
 
 
+def _organism_available() -> str:
+    """Empty when the organism can run here, else why not."""
+    try:
+        from cmrm_guard.organism import assemble, backbone
+
+        backbone.gguf_path()
+    except (ImportError, FileNotFoundError) as error:
+        return str(error).splitlines()[0]
+    if not (assemble.repo_organism_dir() / "vision.safetensors").exists():
+        return f"the organism's shipped parts are not in {assemble.repo_organism_dir()}"
+    return ""
+
+
 def _demo(args: argparse.Namespace) -> None:
+    if not args.tiny:
+        missing = _organism_available()
+        if not missing:
+            from cmrm_guard.organism.demo import run_organism_demo
+
+            run_organism_demo()
+            return
+        print(f"model organism unavailable ({missing}); running the tiny-model demo instead")
     from cmrm_guard.demo import run_demo
 
     run_demo(model_type=args.model_type, max_new_tokens=args.max_new_tokens)
@@ -124,7 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmrm-guard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the offline demo on an embedded tiny model")
+    demo = commands.add_parser(
+        "demo", help="unsteered vs steered answers on the model organism (or an embedded tiny model)"
+    )
+    demo.add_argument("--tiny", action="store_true", help="use the embedded tiny random model")
     demo.add_argument("--model-type", default="llava", help="tiny architecture to build (default llava)")
     demo.add_argument("--max-new-tokens", type=int, default=12)
     demo.set_defaults(run=_demo)
@@ -183,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     from cmrm_guard.eval.command import add_parser as add_eval_parser
 
     add_eval_parser(commands, DTYPES).set_defaults(run=_eval)
+
+    from cmrm_guard.organism.cli import add_organism_command
+
+    add_organism_command(commands)
     return parser
 
 

@@ -97,3 +97,10 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["calibrate", "m", "-o", "x", "--layers", "a,b"])
     assert exit_info.value.code == 2
+
+
+def test_tiny_demo_runs_and_leaves_no_hooks(capsys):
+    assert main(["demo", "--tiny", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "steering applied: {'applied': True" in out
+    assert "policy 'images'" in out and "hooks left on the model: 0" in out

@@ -1,0 +1,184 @@
+"""``cmrm-guard organism build``: rebuild the organism's shipped parts from the backbone package.
+
+Seeded end to end: stage 1 (vision tower + projector, per-cell regression), stage 2 (LoRA on the
+backbone's upper layers, LLaVA-style mix), then the parts are written (bf16 safetensors) and the
+model is assembled through the same path a user's load takes. Timings and training metrics go
+into ``organism_config.json``; evaluation and the CMRM sweep are separate commands
+(:mod:`cmrm_guard.organism.pipeline`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmrm_guard.organism import assemble as asm
+from cmrm_guard.organism import backbone as bb
+from cmrm_guard.organism import data, train, vision
+from cmrm_guard.organism import images as img
+
+DEFAULTS = {
+    "seed": 0,
+    "vision_steps": 1000,
+    "vision_batch": 32,
+    "vision_lr": 2e-3,
+    "modality_offset": 0.5,
+    "lora_examples": 960,
+    "lora_batch": 8,
+    "lora_lr": 1e-3,
+    "reuse_vision_from": None,
+}
+
+
+def _round_vision_to_bf16(model) -> None:
+    """Round the vision tower and projector to bf16 in place: stage 2 trains against the shipped values."""
+    with torch.no_grad():
+        for module in (model.model.vision_tower, model.model.multi_modal_projector):
+            for p in module.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+
+
+def add_modality_offset(model, scale: float, seed: int) -> float:
+    """Add a fixed, seeded offset ``m`` to every image token (the projector's output bias).
+
+    Stage 1 puts image tokens on the text embeddings themselves, so without an offset the decoder
+    cannot tell image tokens from text and text refusals transfer to images almost intact
+    (measured: 88% / 79% refused beside / typed in an image vs ~98% as text). Real LLaVA
+    projector outputs sit off the text-embedding distribution; ``m`` (norm ``scale`` x the mean
+    embedding norm, a random direction) gives the organism that modality gap, which stage 2 then
+    learns to read through. Returns the norm of ``m``.
+    """
+    if scale <= 0:
+        return 0.0
+    embeddings = model.model.language_model.embed_tokens.weight.detach()
+    norm = float(embeddings.norm(dim=-1).mean()) * scale
+    generator = torch.Generator().manual_seed(seed + 7)
+    direction = torch.randn(embeddings.shape[1], generator=generator)
+    with torch.no_grad():
+        model.model.multi_modal_projector.linear_2.bias += direction / direction.norm() * norm
+    return norm
+
+
+def glyph_vocabulary(splits: data.PromptSplits, tokenizer) -> set[int]:
+    """Token ids the vision tower learns to read: every prompt it may type, and the word list."""
+    texts = [r["prompt"] for group in splits.harmful.values() for r in group]
+    texts += [q for q, _ in data.benign_instructions(random.Random(0), 10_000)]
+    texts += list(data.WORDS)
+    ids: set[int] = set()
+    for text in texts:
+        ids.update(img.text_tokens(text, tokenizer))
+    return ids
+
+
+def build_organism(
+    out_dir: str | Path | None = None, *, progress: bool = True, **overrides: Any
+) -> dict[str, Any]:
+    """Train and write the organism's parts to ``out_dir`` (default: ``<repository>/organism``).
+
+    Returns the metadata written to ``organism_config.json`` (settings, timings, metrics).
+    """
+    settings = DEFAULTS | overrides
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown build settings {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+    out = Path(out_dir or asm.repo_organism_dir())
+    torch.manual_seed(settings["seed"])
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    t = time.perf_counter()
+    backbone, tokenizer = bb.load_backbone()
+    model = asm.build_model(backbone, tokenizer)
+    del backbone
+    processor = asm.build_processor(tokenizer)
+    timings["load_backbone_s"] = time.perf_counter() - t
+
+    splits = data.load_splits()
+    t = time.perf_counter()
+    embeddings = model.model.language_model.embed_tokens.weight.detach()
+    bank = vision.CellBank(glyph_vocabulary(splits, tokenizer), tokenizer, embeddings, seed=settings["seed"])
+    if settings["reuse_vision_from"]:
+        # stage 1 of an earlier build with the same settings (its bf16 parts, taken before the offset)
+        reuse = Path(settings["reuse_vision_from"])
+        asm.load_vision_into(model, reuse)
+        vision_metrics = vision.reading_accuracy(model, bank, seed=settings["seed"] + 1)
+        vision_metrics["reused_from"] = str(reuse)
+    else:
+        vision_metrics = vision.train_vision(
+            model,
+            bank,
+            steps=settings["vision_steps"],
+            batch_size=settings["vision_batch"],
+            lr=settings["vision_lr"],
+            seed=settings["seed"],
+            progress=progress,
+        )
+    _round_vision_to_bf16(model)
+    stage1 = asm.cache_root().parent / "organism-build"
+    stage1.mkdir(parents=True, exist_ok=True)
+    asm.save_vision(model, stage1 / f"vision_stage1_seed{settings['seed']}.safetensors")  # not shipped
+    offset_norm = add_modality_offset(model, settings["modality_offset"], settings["seed"])
+    _round_vision_to_bf16(model)
+    timings["stage1_vision_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    examples = train.training_examples(splits, tokenizer, settings["lora_examples"], settings["seed"])
+    factors, losses = train.train_lora(
+        model,
+        processor,
+        examples,
+        batch_size=settings["lora_batch"],
+        lr=settings["lora_lr"],
+        seed=settings["seed"],
+        progress=progress,
+    )
+    timings["stage2_lora_s"] = time.perf_counter() - t
+    timings["build_total_s"] = time.perf_counter() - started
+
+    meta = {
+        "build": {
+            "settings": settings,
+            "timings": {k: round(v, 1) for k, v in timings.items()},
+            "torch_threads": torch.get_num_threads(),
+            "vision_metrics": vision_metrics,
+            "glyph_vocabulary": len(bank.glyph_ids),
+            "modality_offset_norm": round(offset_norm, 3),
+            "lora_loss_first_last": [round(sum(losses[:10]) / 10, 3), round(sum(losses[-10:]) / 10, 3)],
+            "training_mix": _mix(examples),
+        },
+        "splits": {
+            "seed": data.SPLIT_SEED,
+            "removed_duplicates": splits.removed_duplicates,
+            "excluded_category_rows": splits.excluded_category_rows,
+            "sizes": {
+                kind: {k: len(v) for k, v in group.items()}
+                for kind, group in (("harmful", splits.harmful), ("benign", splits.benign))
+            },
+        },
+    }
+    asm.save_parts(model, factors, out, meta)
+    (out / "splits.json").write_text(json.dumps(splits.ids(), indent=1) + "\n")
+    return meta
+
+
+def _mix(examples) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in examples:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    return counts
+
+
+def main() -> None:
+    """``python -m cmrm_guard.organism.build``."""
+    torch.set_num_threads(2)
+    meta = build_organism()
+    print(json.dumps(meta["build"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

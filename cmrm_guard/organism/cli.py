@@ -1,0 +1,101 @@
+"""``cmrm-guard organism {build,evaluate,sweep,demo}``.
+
+Wire into the main parser with ``add_organism_command(commands)`` (``commands`` is the
+``add_subparsers`` object of ``cmrm_guard.cli.build_parser``); standalone:
+``python -m cmrm_guard.organism.cli build``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _threads(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
+def _build(args: argparse.Namespace) -> None:
+    from cmrm_guard.organism.build import build_organism
+
+    _threads(args)
+    given = (
+        ("vision_steps", args.vision_steps),
+        ("lora_examples", args.lora_examples),
+        ("seed", args.seed),
+        ("reuse_vision_from", args.reuse_vision_from),
+        ("modality_offset", args.modality_offset),
+    )
+    overrides = {k: v for k, v in given if v is not None}
+    meta = build_organism(args.out, **overrides)
+    print(json.dumps(meta["build"], indent=2))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from cmrm_guard.organism.pipeline import evaluate_organism
+
+    _threads(args)
+    evaluate_organism(n=args.n or None, split=args.split, sample_level=args.sample_level)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from cmrm_guard.organism.pipeline import calibrate_and_sweep
+
+    _threads(args)
+    calibrate_and_sweep(n=args.n)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from cmrm_guard.organism.demo import run_organism_demo
+
+    _threads(args)
+    run_organism_demo(n=args.n)
+
+
+def add_organism_command(commands) -> argparse.ArgumentParser:
+    """Add ``organism`` with its sub-commands to a ``add_subparsers`` object."""
+    organism = commands.add_parser("organism", help="build, evaluate and demo the SmolLM2 model organism")
+    sub = organism.add_subparsers(dest="organism_command", required=True)
+    build = sub.add_parser("build", help="retrain the organism's shipped parts (seeded)")
+    build.add_argument("--out", default=None, help="folder of the parts (default: <repo>/organism)")
+    build.add_argument("--vision-steps", type=int, default=None)
+    build.add_argument("--lora-examples", type=int, default=None)
+    build.add_argument("--seed", type=int, default=None)
+    build.add_argument("--modality-offset", type=float, default=None)
+    build.add_argument(
+        "--reuse-vision-from",
+        default=None,
+        help="skip stage 1: load stage-1 vision weights (a vision.safetensors of a build without offset, or ~/.cache/cmrm-guard/organism-build/vision_stage1_seed0.safetensors)",
+    )
+    build.set_defaults(run=_build)
+    evaluate = sub.add_parser("evaluate", help="refusal rates and image-QA accuracy, unsteered and steered")
+    evaluate.add_argument("--n", type=int, default=200, help="cap per condition (0: the whole split)")
+    evaluate.add_argument("--sample-level", action="store_true", help="also evaluate sample-level CMRM")
+    evaluate.add_argument("--split", default="eval", choices=("eval", "tune"))
+    evaluate.set_defaults(run=_evaluate)
+    sweep = sub.add_parser("sweep", help="calibrate the pack (calib split) and sweep alpha (tune split)")
+    sweep.add_argument("--n", type=int, default=48)
+    sweep.set_defaults(run=_sweep)
+    demo = sub.add_parser("demo", help="unsteered vs steered answers and refusal rates")
+    demo.add_argument("--n", type=int, default=24)
+    demo.set_defaults(run=_demo)
+    for parser in (build, evaluate, sweep, demo):
+        parser.add_argument("--threads", type=int, default=2)
+    return organism
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point."""
+    parser = argparse.ArgumentParser(prog="cmrm-guard")
+    add_organism_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["organism", *(sys.argv[1:] if argv is None else argv)])
+    args.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

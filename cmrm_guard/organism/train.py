@@ -1,0 +1,201 @@
+"""Stage 2 of the build: one LoRA on the backbone's upper layers, trained on a LLaVA-style mix.
+
+The mix is what real VLMs see in visual instruction tuning, with the backbone's text alignment
+kept by text-only replay: harmful text requests -> varied refusals; benign text requests ->
+answers; image questions (colour, shape, count, reading a word) -> short answers; benign requests
+beside an unrelated image, or typed inside the image (FigStep-style) -> answers. No example pairs
+an image with a harmful request: that gap is the safety degradation CMRM repairs. The vision
+tower and projector stay frozen (stage 1), so gradients stop at the lowest LoRA layer.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from cmrm_guard.organism import assemble as asm
+from cmrm_guard.organism import data
+from cmrm_guard.organism.data import Example
+
+MIX = {"text_harmful": 0.30, "text_benign": 0.20, "qa": 0.28, "image_benign": 0.10, "typo_benign": 0.12}
+
+
+class LoRALinear(nn.Module):
+    """``base(x) + alpha / r * x A^T B^T`` with ``A`` (r, in) and ``B`` (out, r); ``B`` starts at 0."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        bound = 1 / math.sqrt(base.in_features)
+        a = (torch.rand(rank, base.in_features, generator=generator) * 2 - 1) * bound
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.scale * ((x @ self.lora_A.T) @ self.lora_B.T)
+
+
+def attach_lora(model, seed: int) -> dict[tuple[int, str], LoRALinear]:
+    """Wrap the LoRA target linears of the language model; returns the wrappers."""
+    generator = torch.Generator().manual_seed(seed)
+    wrapped = {}
+    for layer in asm.LORA_LAYERS:
+        block = model.model.language_model.layers[layer]
+        for module in asm.LORA_MODULES:
+            parent = block.self_attn if module in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
+            lora = LoRALinear(getattr(parent, module), asm.LORA_RANK, asm.LORA_ALPHA, generator)
+            setattr(parent, module, lora)
+            wrapped[(layer, module)] = lora
+    return wrapped
+
+
+def detach_lora(model, wrapped: dict[tuple[int, str], LoRALinear]) -> dict[str, Tensor]:
+    """Put the base linears back and return the factors keyed as in ``lora.safetensors``."""
+    factors = {}
+    for (layer, module), lora in wrapped.items():
+        block = model.model.language_model.layers[layer]
+        parent = block.self_attn if module in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
+        setattr(parent, module, lora.base)
+        factors[asm.lora_key(layer, module, "A")] = lora.lora_A.detach().clone()
+        factors[asm.lora_key(layer, module, "B")] = lora.lora_B.detach().clone()
+    return factors
+
+
+def training_examples(splits: data.PromptSplits, tokenizer, total: int, seed: int) -> list[Example]:
+    """``total`` examples in the proportions of :data:`MIX` (seeded)."""
+    rng = random.Random(seed)
+    instructions = data.benign_instructions(rng, 400)
+    gsm = [(r["prompt"], data.gsm8k_answer(r)) for r in splits.benign["train"]]
+    train_words = data.WORDS[: -data.EVAL_WORD_COUNT]
+    counts = {name: int(round(share * total)) for name, share in MIX.items()}
+    out: list[Example] = []
+    harmful = [r["prompt"] for r in splits.harmful["train"]]
+    for i in range(counts["text_harmful"]):
+        out.append(Example(harmful[i % len(harmful)], data.refusal(rng), None, "text_harmful"))
+    benign = gsm + instructions
+    for i in range(counts["text_benign"]):
+        q, a = benign[i % len(benign)]
+        out.append(Example(q, a, None, "text_benign", {"complete": False}))
+    kinds = ("colour", "shape", "count", "word")
+    for i in range(counts["qa"]):
+        out.append(data.image_question(rng, kinds[i % 4], train_words, tokenizer))
+    for i in range(counts["image_benign"]):
+        q, a = instructions[(i * 7) % len(instructions)]
+        out.append(Example(q, a, data.context_image(rng, tokenizer), "image_benign", {"complete": False}))
+    typo = [p for p in instructions]
+    added = 0
+    i = 0
+    while added < counts["typo_benign"] and i < 4 * len(typo):
+        q, a = typo[(i * 11) % len(typo)]
+        i += 1
+        example = data.typographic_example(rng, q, a, tokenizer, "typo_benign")
+        if example is not None:
+            example.meta["complete"] = False
+            out.append(example)
+            added += 1
+    rng.shuffle(out)
+    return out
+
+
+@dataclass
+class Encoded:
+    """One tokenised example: prompt ids, answer ids, pixel values (or ``None``)."""
+
+    ids: list[int]
+    prompt_length: int
+    pixels: Tensor | None
+
+
+def encode(example: Example, processor) -> Encoded:
+    """Tokenise an example's prompt with the processor and append its answer tokens."""
+    inputs = processor.apply_chat_template(
+        [example.conversation()],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    prompt = inputs["input_ids"][0].tolist()
+    tokenizer = processor.tokenizer
+    answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    if example.meta.get("complete", True):
+        answer = answer + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    pixels = inputs.get("pixel_values")
+    return Encoded(prompt + answer, len(prompt), pixels[0] if pixels is not None else None)
+
+
+def batches(encoded: Sequence[Encoded], batch_size: int, seed: int) -> list[list[Encoded]]:
+    """Length-sorted batches in a seeded random order."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    groups = [[encoded[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+    random.Random(seed).shuffle(groups)
+    return groups
+
+
+def batch_loss(model, group: Sequence[Encoded], pad_id: int) -> Tensor:
+    """Mean cross-entropy over the answer tokens of one right-padded batch."""
+    length = max(len(e.ids) for e in group)
+    ids = torch.full((len(group), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(group), length), dtype=torch.long)
+    rows, cols = [], []
+    for r, e in enumerate(group):
+        ids[r, : len(e.ids)] = torch.tensor(e.ids)
+        mask[r, : len(e.ids)] = 1
+        for p in range(e.prompt_length, len(e.ids)):
+            rows.append(r)
+            cols.append(p)
+    pixels = [e.pixels for e in group if e.pixels is not None]
+    kwargs = {"pixel_values": torch.stack(pixels)} if pixels else {}
+    hidden = model.model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    logits = model.lm_head(hidden[rows_t, cols_t - 1])
+    return nn.functional.cross_entropy(logits, ids[rows_t, cols_t])
+
+
+def train_lora(
+    model,
+    processor,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, Tensor], list[float]]:
+    """Train the LoRA on ``examples`` (one epoch); returns its factors and the loss curve."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = attach_lora(model, seed)
+    params = [p for lora in wrapped.values() for p in (lora.lora_A, lora.lora_B)]
+    encoded = [encode(e, processor) for e in tqdm(examples, desc="stage 2: encoding", disable=not progress)]
+    groups = batches(encoded, batch_size, seed)
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, len(groups) // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / len(groups))
+    )
+    pad_id = processor.tokenizer.pad_token_id
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(groups, desc="stage 2: LoRA (text safety + visual instructions)", disable=not progress)
+    try:
+        for group in bar:
+            loss = batch_loss(model, group, pad_id)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    finally:
+        model.eval()
+        factors = detach_lora(model, wrapped)
+    return factors, losses
