@@ -36,6 +36,12 @@ def _organism_available() -> str:
         return str(error).splitlines()[0]
     if not (assemble.repo_organism_dir() / "vision.safetensors").exists():
         return f"the organism's shipped parts are not in {assemble.repo_organism_dir()}"
+    from cmrm_guard.organism import data
+
+    try:
+        data.data_dir()
+    except FileNotFoundError as error:
+        return str(error)
     return ""
 
 

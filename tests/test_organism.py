@@ -22,10 +22,16 @@ def _available() -> bool:
         bb.gguf_path()
     except (ModuleNotFoundError, FileNotFoundError):
         return False
+    from cmrm_guard.organism import data
+
+    try:
+        data.data_dir()  # the prompt sets (shared/data beside the repository, or CMRM_GUARD_DATA)
+    except FileNotFoundError:
+        return False
     return (asm.repo_organism_dir() / "vision.safetensors").exists()
 
 
-pytestmark = pytest.mark.skipif(not _available(), reason="organism extra or shipped parts missing")
+pytestmark = pytest.mark.skipif(not _available(), reason="organism extra, shipped parts or shared/data prompt sets missing")
 
 
 @pytest.fixture(scope="module")
