@@ -36,9 +36,10 @@ from cmrm_guard.errors import (
     VectorError,
 )
 from cmrm_guard.hooks import PromptPositions, check_layer_indices, record_last_token, steer
+from cmrm_guard.model_thread import run_on_model_thread
 from cmrm_guard.outputs import AppliedSteering, GenerationOutput
 from cmrm_guard.shifts import layer_shifts
-from cmrm_guard.streaming import stream_text
+from cmrm_guard.streaming import StopEvent, stream_text
 
 if TYPE_CHECKING:
     from cmrm_guard.vectors.pack import VectorPack
@@ -490,11 +491,16 @@ class SteeredVLM:
         kwargs: dict[str, Any] = {"use_cache": False}
         if self._forward_takes_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        with model_lock(self.base_model), torch.inference_mode(), ExitStack() as stack:
-            stack.enter_context(steer(self.layers, shifts, positions))
-            records = stack.enter_context(record_last_token(self.layers, layers, positions.last_index))
-            self.model(**self._model_inputs(inputs), **kwargs)
-        return dict(records)
+        model_inputs = self._model_inputs(inputs)
+
+        def run() -> dict[int, Tensor]:
+            with model_lock(self.base_model), torch.inference_mode(), ExitStack() as stack:
+                stack.enter_context(steer(self.layers, shifts, positions))
+                records = stack.enter_context(record_last_token(self.layers, layers, positions.last_index))
+                self.model(**model_inputs, **kwargs)
+            return dict(records)
+
+        return run_on_model_thread(self.base_model, run)
 
     # ------------------------------------------------------------------------------ generation
     def _prepare(
@@ -520,8 +526,13 @@ class SteeredVLM:
         positions = PromptPositions.from_attention_mask(
             inputs["attention_mask"], settings.positions, settings.step_scope
         )
-        with model_lock(self.base_model), steer(self.layers, shifts, positions):
-            return self.model(**self._model_inputs(inputs), **model_kwargs)
+        model_inputs = self._model_inputs(inputs)
+
+        def run() -> Any:
+            with model_lock(self.base_model), steer(self.layers, shifts, positions):
+                return self.model(**model_inputs, **model_kwargs)
+
+        return run_on_model_thread(self.base_model, run)
 
     def generate(
         self,
@@ -553,8 +564,15 @@ class SteeredVLM:
             inputs["attention_mask"], settings.positions, settings.step_scope
         )
         generate_kwargs.setdefault("pad_token_id", _pad_token_id(self.processor))
-        with model_lock(self.base_model), steer(self.layers, shifts, positions), torch.inference_mode():
-            raw = self.model.generate(**self._model_inputs(inputs), streamer=streamer, **generate_kwargs)
+        stop = StopEvent()  # lets an interrupted caller stop the generation on the model thread
+        generate_kwargs["stopping_criteria"] = [*(generate_kwargs.get("stopping_criteria") or []), stop]
+        model_inputs = self._model_inputs(inputs)
+
+        def run() -> Any:
+            with model_lock(self.base_model), steer(self.layers, shifts, positions), torch.inference_mode():
+                return self.model.generate(**model_inputs, streamer=streamer, **generate_kwargs)
+
+        raw = run_on_model_thread(self.base_model, run, on_interrupt=stop.event.set)
         sequences = raw.sequences if hasattr(raw, "sequences") else raw
         prompt_length = positions.prompt_length
         new_tokens = sequences[:, prompt_length:]
