@@ -443,6 +443,10 @@ class ChatSteeredVLM(BaseChatModel):
             output = self._run(call)
         except SteeringUnavailableError as error:
             return ChatResult(generations=[ChatGeneration(message=self._refusal(call, error))])
+        return self._chat_result(call, output)
+
+    def _chat_result(self, call: _Call, output: GenerationOutput) -> ChatResult:
+        """The ``ChatResult`` of a finished generation (content, tool calls, metadata, usage)."""
         parsed, metadata, usage = self._reply(call, output)
         message = AIMessage(
             content=parsed.content,
@@ -472,15 +476,7 @@ class ChatSteeredVLM(BaseChatModel):
             return ChatResult(generations=[ChatGeneration(message=self._refusal(call, run.error))])
         if run.error is not None:
             raise run.error
-        parsed, metadata, usage = self._reply(call, run.output)
-        message = AIMessage(
-            content=parsed.content,
-            tool_calls=parsed.tool_calls,
-            invalid_tool_calls=parsed.invalid_tool_calls,
-            response_metadata=metadata,
-            usage_metadata=usage,
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return self._chat_result(call, run.output)
 
     def _stream(
         self,
