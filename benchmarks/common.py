@@ -25,13 +25,20 @@ SMOLLM2_135M: dict[str, int] = {
 """Decoder shape of SmolLM2-135M-Instruct (the backbone of the project's model organism)."""
 
 
-def bench_vlm(seed: int = 0) -> tuple[Any, Any]:
+LLAVA_1_5_GEOMETRY = (336, 14)
+"""LLaVA-1.5's image size and patch size: 576 image tokens per image."""
+
+
+def bench_vlm(seed: int = 0, image_geometry: tuple[int, int] | None = None) -> tuple[Any, Any]:
     """A LLaVA whose language decoder has SmolLM2-135M's shape (random weights) and a tiny CLIP
-    tower: per-token compute is that of the real 135M backbone, nothing is downloaded."""
+    tower: per-token compute is that of the real 135M backbone, nothing is downloaded.
+
+    ``image_geometry``: ``(image_size, patch_size)``; default 32 px / 8 px patches (16 image
+    tokens), :data:`LLAVA_1_5_GEOMETRY` for LLaVA-1.5's 576."""
     from cmrm_guard.tiny import build_tiny_vlm
 
     torch.manual_seed(seed)
-    return build_tiny_vlm("llava", text_overrides=SMOLLM2_135M)
+    return build_tiny_vlm("llava", text_overrides=SMOLLM2_135M, image_geometry=image_geometry)
 
 
 def random_vectors(scale: float = 0.01, seed: int = 0) -> dict[int, torch.Tensor]:

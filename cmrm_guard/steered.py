@@ -38,6 +38,7 @@ from cmrm_guard.errors import (
 from cmrm_guard.hooks import PromptPositions, check_layer_indices, record_last_token, steer
 from cmrm_guard.model_thread import run_on_model_thread
 from cmrm_guard.outputs import AppliedSteering, GenerationOutput
+from cmrm_guard.shared_prefix import shared_prefix_states
 from cmrm_guard.shifts import layer_shifts
 from cmrm_guard.streaming import StopEvent, stream_text
 
@@ -441,21 +442,35 @@ class SteeredVLM:
     ) -> dict[int, Tensor]:
         """CMRM's ``d^l = h_text^l - h_corrupt^l`` for each conversation, at the last prompt token.
 
-        The text-only and corrupted twins run together as one batched forward pass.
+        Both twins of every conversation run in one batched forward. Where the corrupted twins
+        share a prompt prefix (the template's header and, with ``blank`` corruption, the same
+        image: most of a real VLM's prompt), that prefix runs once and the text twins are not
+        padded to it (:mod:`cmrm_guard.shared_prefix`).
 
         Returns:
             layer -> (len(conversations), hidden) float32 CPU tensor.
         """
         layers = list(range(self.num_layers)) if layers is None else list(layers)
-        n = len(conversations)
         text = [self.adapter.text_only_twin(c) for c in conversations]
         corrupt = [
             self.adapter.corrupted_twin(c, self.processor, corruption, seed + 1000 * i)
             for i, c in enumerate(conversations)
         ]
-        states = self.last_token_states(
-            text + corrupt, layers, text_only_rows=n, chat_template_kwargs=chat_template_kwargs
+        n = len(conversations)
+        twins = text + corrupt
+        self._check_text_only(text)
+        inputs = self.encode(twins, chat_template_kwargs)
+        self._check_no_image_tokens(inputs["input_ids"], range(n))
+        states = shared_prefix_states(
+            self,
+            twins,
+            inputs,
+            layers,
+            sharing_rows=range(n, 2 * n),
+            chat_template_kwargs=chat_template_kwargs,
         )
+        if states is None:
+            states = self._last_token_states_of(inputs, layers)
         return {layer: states[layer][:n] - states[layer][n:] for layer in layers}
 
     def last_token_states(
@@ -488,6 +503,18 @@ class SteeredVLM:
             positions = PromptPositions.from_attention_mask(
                 inputs["attention_mask"], config.positions, config.step_scope
             )
+        return self._last_token_states_of(inputs, layers, shifts, positions)
+
+    def _last_token_states_of(
+        self,
+        inputs: Mapping[str, Any],
+        layers: list[int],
+        shifts: Mapping[int, Tensor] | None = None,
+        positions: PromptPositions | None = None,
+    ) -> dict[int, Tensor]:
+        """One forward over encoded ``inputs``, recording each row's last prompt token per layer."""
+        if positions is None:
+            positions = PromptPositions.from_attention_mask(inputs["attention_mask"])
         kwargs: dict[str, Any] = {"use_cache": False}
         if self._forward_takes_logits_to_keep:
             kwargs["logits_to_keep"] = 1
@@ -495,7 +522,7 @@ class SteeredVLM:
 
         def run() -> dict[int, Tensor]:
             with model_lock(self.base_model), torch.inference_mode(), ExitStack() as stack:
-                stack.enter_context(steer(self.layers, shifts, positions))
+                stack.enter_context(steer(self.layers, dict(shifts or {}), positions))
                 records = stack.enter_context(record_last_token(self.layers, layers, positions.last_index))
                 self.model(**model_inputs, **kwargs)
             return dict(records)

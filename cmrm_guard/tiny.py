@@ -199,7 +199,7 @@ _QWEN_TEMPLATE = (
     "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
     "{{- '\n</tools>\n\nFor each function call, return a json object with function name and "
     "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-    '{\"name\": <function-name>, \"arguments\": <args-json-object>}'
+    '{"name": <function-name>, "arguments": <args-json-object>}'
     "\n</tool_call><|im_end|>\n' -}}"
     "{%- endif -%}"
     "{%- for message in messages -%}"
@@ -517,13 +517,16 @@ def _clip_vision(image_size: int, patch_size: int) -> CLIPVisionConfig:
     )
 
 
-def _build_llava() -> _Parts:
+def _build_llava(image_size: int = 32, patch_size: int = 8) -> _Parts:
     """LLaVA-1.5: CLIP tower (16 patches + CLS, CLS dropped) and a Llama decoder.
+
+    Args:
+        image_size: Input resolution in pixels (LLaVA-1.5 itself: 336).
+        patch_size: Patch size in pixels (LLaVA-1.5 itself: 14, so 576 image tokens).
 
     Returns:
         The model class, its config and the processor.
     """
-    image_size, patch_size = 32, 8
     tokenizer = _build_tokenizer(_LLAVA_TOKENS)
     image_tokens = (image_size // patch_size) ** 2
     config = LlavaConfig(
@@ -803,7 +806,7 @@ def _build_gemma3() -> _Parts:
     return _Parts(Gemma3ForConditionalGeneration, config, processor)
 
 
-_BUILDERS: Mapping[str, Callable[[], _Parts]] = MappingProxyType(
+_BUILDERS: Mapping[str, Callable[..., _Parts]] = MappingProxyType(
     {
         "llava": _build_llava,
         "llava_next": _build_llava_next,
@@ -830,6 +833,7 @@ def build_tiny_vlm(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     text_overrides: Mapping[str, Any] | None = None,
+    image_geometry: tuple[int, int] | None = None,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Builds a tiny randomly initialised VLM of a real architecture and its working processor.
 
@@ -839,6 +843,8 @@ def build_tiny_vlm(
         dtype: Floating point type of the weights.
         text_overrides: Changes to the text (decoder) config, e.g. ``{"hidden_size": 576,
             "num_hidden_layers": 30}`` for a model of a real backbone's size (benchmarks).
+        image_geometry: ``(image_size, patch_size)`` in pixels, ``"llava"`` only: e.g. LLaVA-1.5's
+            ``(336, 14)``, 576 image tokens per image (benchmarks of real prompt shapes).
 
     Returns:
         The model, in eval mode, and its processor (left padding, chat template set).
@@ -851,7 +857,9 @@ def build_tiny_vlm(
         raise ConfigError(
             f"unknown tiny model_type {model_type!r}; expected one of {', '.join(TINY_MODEL_TYPES)}"
         )
-    model_class, config, processor = builder()
+    if image_geometry is not None and model_type != "llava":
+        raise ConfigError(f"image_geometry is supported for 'llava' only, got model_type {model_type!r}")
+    model_class, config, processor = builder(*(image_geometry or ()))
     if text_overrides:
         text_config = config.get_text_config()
         for key, value in text_overrides.items():

@@ -62,6 +62,9 @@ class VLMAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     decoder_path: ClassVar[str | None] = None
     fallback_chat_template: ClassVar[str | None] = None
+    shares_prompt_prefix: ClassVar[bool] = False
+    """Whether rows with a common prompt prefix may run it once (KV cache, explicit positions; see
+    :mod:`cmrm_guard.shared_prefix`). Set by adapters whose architecture a test checks for it."""
 
     def __init__(self, decoder_path: str | None = None) -> None:
         self._decoder_path = decoder_path or type(self).decoder_path
@@ -137,6 +140,11 @@ class VLMAdapter:
             value = getattr(config, name, None)
             if isinstance(value, int):
                 return value
+        return None
+
+    def rope_position_delta(self, model: nn.Module) -> torch.Tensor | None:
+        """For multimodal RoPE (3 position axes): the offset of text positions after the prompt
+        the model last encoded, ``None`` for ordinary 1-D positions (the default)."""
         return None
 
     # ------------------------------------------------------------------------------ conversations

@@ -81,6 +81,17 @@ def image_of(item: Mapping[str, Any]) -> Any:
     return None
 
 
+def images_in(conversation: Conversation) -> list[Any]:
+    """The image objects of a conversation, in order."""
+    return [
+        image_of(item)
+        for message in conversation
+        if not isinstance(message["content"], str)
+        for item in message["content"]
+        if _is_image_item(item)
+    ]
+
+
 def count_images(conversation: Conversation) -> int:
     """Number of image items in a conversation."""
     return sum(

@@ -16,3 +16,4 @@ class InternVLAdapter(VLMAdapter):
     """InternVL 2.5 / 3 (transformers-native)."""
 
     decoder_path = "model.language_model.layers"
+    shares_prompt_prefix = True

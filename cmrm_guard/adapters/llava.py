@@ -27,4 +27,5 @@ class LlavaAdapter(VLMAdapter):
     """LLaVA-1.5 / NeXT (transformers-native ``llava-hf`` checkpoints)."""
 
     decoder_path = "model.language_model.layers"
+    shares_prompt_prefix = True
     fallback_chat_template = LLAVA_CHAT_TEMPLATE

@@ -9,7 +9,10 @@ returns both and they are passed through.
 
 from __future__ import annotations
 
-from cmrm_guard.adapters.base import VLMAdapter
+import torch
+from torch import nn
+
+from cmrm_guard.adapters.base import VLMAdapter, unwrap_model
 from cmrm_guard.adapters.registry import register_adapter
 
 
@@ -18,3 +21,9 @@ class QwenVLAdapter(VLMAdapter):
     """Qwen2-VL, Qwen2.5-VL and Qwen3-VL."""
 
     decoder_path = "model.language_model.layers"
+    shares_prompt_prefix = True
+
+    def rope_position_delta(self, model: nn.Module) -> torch.Tensor | None:
+        """M-RoPE: text after the last forward's prompt sits at ``position + delta`` on all three
+        axes; the model stores that delta (``rope_deltas``) when it encodes a prompt."""
+        return getattr(getattr(unwrap_model(model), "model", None), "rope_deltas", None)
