@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import image_chat, tiny
@@ -166,3 +168,22 @@ def test_text_twins_are_checked_before_sharing(always_share):
     with pytest.raises(ConversationError, match="image placeholder"):
         svlm.twin_differences([image_chat("look at <image> here"), image_chat("hi")], [0])
     assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize("model_type_", ["llava", "qwen2_vl"])
+def test_peft_model_shares_like_the_plain_forward(model_type_, monkeypatch, shared_calls):
+    peft = pytest.importorskip("peft")
+    model, processor = tiny(model_type_, torch.float64)
+    lora = peft.LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False, target_modules=r".*language_model.*\.(q_proj|v_proj)"
+    )
+    torch.manual_seed(0)
+    svlm = SteeredVLM(peft.get_peft_model(copy.deepcopy(model), lora), processor)
+    chats = [image_chat(p, seed=i) for i, p in enumerate(PROMPTS[:3])]
+    monkeypatch.setattr(shared_prefix, "FORWARD_COST_TOKENS", -(10**9))
+    shared = svlm.twin_differences(chats, [0, 1])
+    monkeypatch.setattr(shared_prefix, "FORWARD_COST_TOKENS", 10**9)
+    plain = svlm.twin_differences(chats, [0, 1])
+    assert shared_calls == [True, False]
+    for layer in (0, 1):
+        torch.testing.assert_close(shared[layer], plain[layer], atol=1e-6, rtol=0)
