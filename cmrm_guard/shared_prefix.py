@@ -3,8 +3,8 @@
 Calibration's corrupted twins all start alike: the chat template's header and, with the ``blank``
 corruption, the same uninformative image, i.e. most of each prompt for real VLMs (576 image tokens of
 LLaVA-1.5's ~620). A causal decoder's states over a common prefix are the same for every row, so
-the prefix runs once (batch 1, KV cache kept), the cache is repeated over the rows, and only each
-row's own suffix runs, right-padded, with explicit positions continuing the prefix's. The result is
+the prefix runs once (batch 1, its KV cache kept once and broadcast over the rows per layer), and only
+each row's own suffix runs, right-padded, with explicit positions continuing the prefix's. The result is
 the state of each row's last token leaving each requested layer, as an unshared forward gives it
 (equal up to floating-point summation order).
 
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+from transformers import DynamicCache
 
 from cmrm_guard.adapters import conversation as conv
 from cmrm_guard.adapters.conversation import Conversation
@@ -36,6 +37,28 @@ decoder once costs about what 64 tokens of compute do (SmolLM2-135M shape on 2 C
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 """Processor outputs with one entry per token: sliced to the prefix, zero-filled for suffixes."""
+
+
+class PrefixCache(DynamicCache):
+    """A KV cache filled by one prefill, then read without growing by later forwards.
+
+    The prefix is stored once (batch 1); a later forward of any number of rows gets, per layer,
+    the prefix broadcast over its rows followed by its own keys and values, which are not kept. At
+    most one layer's concatenation exists at a time, so memory does not grow with the batch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = False
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
+        if not self.frozen:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        layer = self.layers[layer_idx]
+        rows = key_states.shape[0]
+        keys = torch.cat([layer.keys.expand(rows, -1, -1, -1), key_states], dim=-2)
+        values = torch.cat([layer.values.expand(rows, -1, -1, -1), value_states], dim=-2)
+        return keys, values
 
 
 def unpadded_rows(inputs: Mapping[str, Any]) -> list[Tensor]:
@@ -216,8 +239,9 @@ def shared_prefix_states(
     def run() -> dict[int, Tensor]:
         with model_lock(svlm.base_model), torch.inference_mode():
             fresh_states = forward(*fresh, use_cache=False) if fresh is not None else {}
-            cache = svlm.model(**prefix, use_cache=True, **extra).past_key_values
-            cache.batch_repeat_interleave(len(group))
+            cache = PrefixCache()
+            svlm.model(**prefix, past_key_values=cache, use_cache=True, **extra)
+            cache.frozen = True
             delta = svlm.adapter.rope_position_delta(svlm.model)
             positions = _with_rope_delta(suffix_positions, delta)
             shared_states = forward(suffix, positions, suffix_last, past_key_values=cache, use_cache=True)
