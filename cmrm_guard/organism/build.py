@@ -32,6 +32,14 @@ DEFAULTS = {
     "lora_batch": 8,
     "lora_lr": 1e-3,
     "reuse_vision_from": None,
+    # stage 2 curriculum: "joint" (one shuffled mix) or "sequential" (text safety, then image
+    # instructions with a text replay of stage_b_text_share x the image examples), see
+    # train.curriculum_phases; stage_b_lr: the image phase's lr (None: lora_lr)
+    "curriculum": "joint",
+    "stage_b_text_share": 0.1,
+    "stage_b_lr": None,
+    # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see data.reading_words)
+    "word_pool": "train",
 }
 
 
@@ -127,13 +135,21 @@ def build_organism(
     timings["stage1_vision_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    examples = train.training_examples(splits, tokenizer, settings["lora_examples"], settings["seed"])
+    examples = train.training_examples(
+        splits, tokenizer, settings["lora_examples"], settings["seed"], settings["word_pool"]
+    )
+    phases = train.curriculum_phases(
+        examples, settings["curriculum"], settings["stage_b_text_share"], settings["seed"]
+    )
+    rates = [settings["lora_lr"]] * len(phases)
+    if len(phases) > 1 and settings["stage_b_lr"] is not None:
+        rates[-1] = settings["stage_b_lr"]
     factors, losses = train.train_lora(
         model,
         processor,
-        examples,
+        phases,
         batch_size=settings["lora_batch"],
-        lr=settings["lora_lr"],
+        lr=rates,
         seed=settings["seed"],
         progress=progress,
     )
@@ -150,6 +166,7 @@ def build_organism(
             "modality_offset_norm": round(offset_norm, 3),
             "lora_loss_first_last": [round(sum(losses[:10]) / 10, 3), round(sum(losses[-10:]) / 10, 3)],
             "training_mix": _mix(examples),
+            "phases": [_mix(phase) for phase in phases],
         },
         "splits": {
             "seed": data.SPLIT_SEED,

@@ -29,6 +29,10 @@ def _build(args: argparse.Namespace) -> None:
         ("seed", args.seed),
         ("reuse_vision_from", args.reuse_vision_from),
         ("modality_offset", args.modality_offset),
+        ("curriculum", args.curriculum),
+        ("stage_b_text_share", args.stage_b_text_share),
+        ("stage_b_lr", args.stage_b_lr),
+        ("word_pool", args.word_pool),
     )
     overrides = {k: v for k, v in given if v is not None}
     meta = build_organism(args.out, **overrides)
@@ -66,6 +70,20 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     build.add_argument("--lora-examples", type=int, default=None)
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--modality-offset", type=float, default=None)
+    build.add_argument(
+        "--curriculum",
+        choices=("joint", "sequential"),
+        default=None,
+        help="stage 2: one shuffled mix (joint, default) or text safety then image instructions (sequential)",
+    )
+    build.add_argument(
+        "--stage-b-text-share",
+        type=float,
+        default=None,
+        help="sequential: text examples replayed in the image phase, as a share of its image examples",
+    )
+    build.add_argument("--word-pool", choices=("train", "broad"), default=None, help="words of stage 2's reading questions")
+    build.add_argument("--stage-b-lr", type=float, default=None, help="sequential: lr of the image phase")
     build.add_argument(
         "--reuse-vision-from",
         default=None,

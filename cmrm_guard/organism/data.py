@@ -387,6 +387,32 @@ WORDS = (
 EVAL_WORD_COUNT = 40  # the last 40 words are held out for evaluation
 
 
+def reading_words(splits: "PromptSplits", tokenizer, pool: str = "train") -> tuple[str, ...]:
+    """The words typed in stage 2's word-reading questions.
+
+    ``"train"``: the 60 training words of :data:`WORDS`. ``"broad"``: those plus every alphabetic
+    word (4-12 letters, lower case) of the training harmful prompts and the templated benign
+    instructions (training topics) that fits one image row, minus the held-out words: the decoder
+    sees hundreds of words, so it learns to copy what it reads rather than to name a short list.
+    """
+    train = WORDS[:-EVAL_WORD_COUNT]
+    if pool == "train":
+        return train
+    if pool != "broad":
+        raise ValueError(f"unknown word pool {pool!r}: 'train' or 'broad'")
+    held_out = set(WORDS[-EVAL_WORD_COUNT:])
+    texts = [r["prompt"] for r in splits.harmful["train"]]
+    texts += [q for q, _ in benign_instructions(random.Random(0), 10_000)]
+    found: set[str] = set()
+    for text in texts:
+        found.update(w for w in re.findall(r"[a-z]{4,12}", text) if w not in held_out)
+    words = list(train)
+    for word in sorted(found - set(train)):
+        if img.typographic_cells(word, tokenizer, start=2 * img.GRID) is not None:
+            words.append(word)
+    return tuple(words)
+
+
 def answer_for(kind: str, colour: str, shape: str, count: int, word: str = "") -> str:
     """The reference answer of an image question."""
     noun = shape if count == 1 else shape + "s"

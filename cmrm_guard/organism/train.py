@@ -24,6 +24,7 @@ from cmrm_guard.organism import data
 from cmrm_guard.organism.data import Example
 
 MIX = {"text_harmful": 0.30, "text_benign": 0.20, "qa": 0.28, "image_benign": 0.10, "typo_benign": 0.12}
+TEXT_KINDS = ("text_harmful", "text_benign")
 
 
 class LoRALinear(nn.Module):
@@ -68,12 +69,14 @@ def detach_lora(model, wrapped: dict[tuple[int, str], LoRALinear]) -> dict[str, 
     return factors
 
 
-def training_examples(splits: data.PromptSplits, tokenizer, total: int, seed: int) -> list[Example]:
-    """``total`` examples in the proportions of :data:`MIX` (seeded)."""
+def training_examples(
+    splits: data.PromptSplits, tokenizer, total: int, seed: int, word_pool: str = "train"
+) -> list[Example]:
+    """``total`` examples in the proportions of :data:`MIX` (seeded); word questions from ``word_pool``."""
     rng = random.Random(seed)
     instructions = data.benign_instructions(rng, 400)
     gsm = [(r["prompt"], data.gsm8k_answer(r)) for r in splits.benign["train"]]
-    train_words = data.WORDS[: -data.EVAL_WORD_COUNT]
+    train_words = data.reading_words(splits, tokenizer, word_pool)
     counts = {name: int(round(share * total)) for name, share in MIX.items()}
     out: list[Example] = []
     harmful = [r["prompt"] for r in splits.harmful["train"]]
@@ -102,6 +105,31 @@ def training_examples(splits: data.PromptSplits, tokenizer, total: int, seed: in
             added += 1
     rng.shuffle(out)
     return out
+
+
+def curriculum_phases(
+    examples: Sequence[Example], curriculum: str, stage_b_text_share: float, seed: int
+) -> list[list[Example]]:
+    """Order ``examples`` into training phases.
+
+    ``"joint"``: one phase, everything shuffled together (the shipped build). ``"sequential"``, as
+    real VLMs are built: phase A = the text examples (safety refusals + benign answers), phase B =
+    the image examples (questions, benign requests beside / typed in an image) plus a replay of
+    ``stage_b_text_share`` x (phase-B size) text examples drawn from phase A (kept in phase A too).
+    The image context is trained last, on answers only, so it drifts away from the aligned text
+    distribution while text refusals are kept by the replay.
+    """
+    if curriculum == "joint":
+        return [list(examples)]
+    if curriculum != "sequential":
+        raise ValueError(f"unknown curriculum {curriculum!r}: 'joint' or 'sequential'")
+    rng = random.Random(seed + 11)
+    text = [e for e in examples if e.kind in TEXT_KINDS]
+    image = [e for e in examples if e.kind not in TEXT_KINDS]
+    replay_n = min(len(text), int(round(stage_b_text_share * len(image))))
+    phase_b = image + rng.sample(text, replay_n)
+    rng.shuffle(phase_b)
+    return [text, phase_b]
 
 
 @dataclass
@@ -162,39 +190,50 @@ def batch_loss(model, group: Sequence[Encoded], pad_id: int) -> Tensor:
 def train_lora(
     model,
     processor,
-    examples: Sequence[Example],
+    examples: Sequence[Example] | Sequence[Sequence[Example]],
     *,
     batch_size: int = 8,
-    lr: float = 1e-3,
+    lr: float | Sequence[float] = 1e-3,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[dict[str, Tensor], list[float]]:
-    """Train the LoRA on ``examples`` (one epoch); returns its factors and the loss curve."""
+    """Train the LoRA on ``examples`` (one epoch); returns its factors and the loss curve.
+
+    ``examples`` may be a list of phases (lists of examples, see :func:`curriculum_phases`):
+    they are trained one after the other, each one epoch with its own optimiser state, warm-up
+    and linear decay, at ``lr`` (one value, or one per phase).
+    """
+    phases = [list(examples)] if examples and isinstance(examples[0], Example) else [list(p) for p in examples]
+    rates = [lr] * len(phases) if isinstance(lr, (int, float)) else list(lr)
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = attach_lora(model, seed)
     params = [p for lora in wrapped.values() for p in (lora.lora_A, lora.lora_B)]
-    encoded = [encode(e, processor) for e in tqdm(examples, desc="stage 2: encoding", disable=not progress)]
-    groups = batches(encoded, batch_size, seed)
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, len(groups) // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / len(groups))
-    )
     pad_id = processor.tokenizer.pad_token_id
     losses: list[float] = []
     model.train()
-    bar = tqdm(groups, desc="stage 2: LoRA (text safety + visual instructions)", disable=not progress)
     try:
-        for group in bar:
-            loss = batch_loss(model, group, pad_id)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        for index, phase in enumerate(phases):
+            desc = f"stage 2: encoding phase {index + 1}/{len(phases)}"
+            encoded = [encode(e, processor) for e in tqdm(phase, desc=desc, disable=not progress)]
+            groups = batches(encoded, batch_size, seed + index)
+            optimiser = torch.optim.AdamW(params, lr=rates[index], weight_decay=0.0)
+            warmup = max(1, len(groups) // 20)
+            total = len(groups)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimiser, lambda s, w=warmup, t=total: min(1.0, (s + 1) / w) * max(0.05, 1 - s / t)
+            )
+            label = "stage 2: LoRA" if len(phases) == 1 else f"stage 2: LoRA phase {index + 1}/{len(phases)}"
+            bar = tqdm(groups, desc=label, disable=not progress)
+            for group in bar:
+                loss = batch_loss(model, group, pad_id)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimiser.step()
+                schedule.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     finally:
         model.eval()
         factors = detach_lora(model, wrapped)
