@@ -38,6 +38,8 @@ DEFAULTS = {
     "curriculum": "joint",
     "stage_b_text_share": 0.1,
     "stage_b_lr": None,
+    # what the sequential image phase trains: "lora" or "projector" (LoRA frozen: text unchanged)
+    "stage_b_trains": "lora",
     # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see data.reading_words)
     "word_pool": "train",
 }
@@ -150,9 +152,11 @@ def build_organism(
         phases,
         batch_size=settings["lora_batch"],
         lr=rates,
+        trains=["lora"] * (len(phases) - 1) + [settings["stage_b_trains"]] if len(phases) > 1 else None,
         seed=settings["seed"],
         progress=progress,
     )
+    _round_vision_to_bf16(model)  # a projector phase changed it: ship exactly what was trained
     timings["stage2_lora_s"] = time.perf_counter() - t
     timings["build_total_s"] = time.perf_counter() - started
 

@@ -33,6 +33,7 @@ def _build(args: argparse.Namespace) -> None:
         ("stage_b_text_share", args.stage_b_text_share),
         ("stage_b_lr", args.stage_b_lr),
         ("word_pool", args.word_pool),
+        ("stage_b_trains", args.stage_b_trains),
     )
     overrides = {k: v for k, v in given if v is not None}
     meta = build_organism(args.out, **overrides)
@@ -83,6 +84,9 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         help="sequential: text examples replayed in the image phase, as a share of its image examples",
     )
     build.add_argument("--word-pool", choices=("train", "broad"), default=None, help="words of stage 2's reading questions")
+    build.add_argument(
+        "--stage-b-trains", choices=("lora", "projector"), default=None, help="sequential: what the image phase trains"
+    )
     build.add_argument("--stage-b-lr", type=float, default=None, help="sequential: lr of the image phase")
     build.add_argument(
         "--reuse-vision-from",

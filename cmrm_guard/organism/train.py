@@ -196,12 +196,16 @@ def train_lora(
     lr: float | Sequence[float] = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    trains: Sequence[str] | None = None,
 ) -> tuple[dict[str, Tensor], list[float]]:
     """Train the LoRA on ``examples`` (one epoch); returns its factors and the loss curve.
 
     ``examples`` may be a list of phases (lists of examples, see :func:`curriculum_phases`):
     they are trained one after the other, each one epoch with its own optimiser state, warm-up
-    and linear decay, at ``lr`` (one value, or one per phase).
+    and linear decay, at ``lr`` (one value, or one per phase). ``trains`` names, per phase, what
+    it trains: ``"lora"`` (default) or ``"projector"`` (the LLaVA projector only, LoRA and backbone
+    frozen: text-only behaviour is then exactly that of the earlier phases, as in real VLMs whose
+    connector is tuned on visual instructions).
     """
     phases = [list(examples)] if examples and isinstance(examples[0], Example) else [list(p) for p in examples]
     rates = [lr] * len(phases) if isinstance(lr, (int, float)) else list(lr)
@@ -209,6 +213,8 @@ def train_lora(
         p.requires_grad_(False)
     wrapped = attach_lora(model, seed)
     params = [p for lora in wrapped.values() for p in (lora.lora_A, lora.lora_B)]
+    projector = list(model.model.multi_modal_projector.parameters())
+    trains = list(trains) if trains is not None else ["lora"] * len(phases)
     pad_id = processor.tokenizer.pad_token_id
     losses: list[float] = []
     model.train()
@@ -217,7 +223,14 @@ def train_lora(
             desc = f"stage 2: encoding phase {index + 1}/{len(phases)}"
             encoded = [encode(e, processor) for e in tqdm(phase, desc=desc, disable=not progress)]
             groups = batches(encoded, batch_size, seed + index)
-            optimiser = torch.optim.AdamW(params, lr=rates[index], weight_decay=0.0)
+            if trains[index] not in ("lora", "projector"):
+                raise ValueError(f"unknown phase target {trains[index]!r}: 'lora' or 'projector'")
+            trained = params if trains[index] == "lora" else projector
+            for q in params + projector:
+                q.requires_grad_(False)
+            for q in trained:
+                q.requires_grad_(True)
+            optimiser = torch.optim.AdamW(trained, lr=rates[index], weight_decay=0.0)
             warmup = max(1, len(groups) // 20)
             total = len(groups)
             schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -229,12 +242,14 @@ def train_lora(
                 loss = batch_loss(model, group, pad_id)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 optimiser.step()
                 schedule.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     finally:
+        for q in projector:
+            q.requires_grad_(False)
         model.eval()
         factors = detach_lora(model, wrapped)
     return factors, losses
