@@ -83,9 +83,14 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         default=None,
         help="sequential: text examples replayed in the image phase, as a share of its image examples",
     )
-    build.add_argument("--word-pool", choices=("train", "broad"), default=None, help="words of stage 2's reading questions")
     build.add_argument(
-        "--stage-b-trains", choices=("lora", "projector"), default=None, help="sequential: what the image phase trains"
+        "--word-pool", choices=("train", "broad"), default=None, help="words of stage 2's reading questions"
+    )
+    build.add_argument(
+        "--stage-b-trains",
+        choices=("lora", "projector"),
+        default=None,
+        help="sequential: what the image phase trains",
     )
     build.add_argument("--stage-b-lr", type=float, default=None, help="sequential: lr of the image phase")
     build.add_argument(

@@ -387,7 +387,7 @@ WORDS = (
 EVAL_WORD_COUNT = 40  # the last 40 words are held out for evaluation
 
 
-def reading_words(splits: "PromptSplits", tokenizer, pool: str = "train") -> tuple[str, ...]:
+def reading_words(splits: PromptSplits, tokenizer, pool: str = "train") -> tuple[str, ...]:
     """The words typed in stage 2's word-reading questions.
 
     ``"train"``: the 60 training words of :data:`WORDS`. ``"broad"``: those plus every alphabetic

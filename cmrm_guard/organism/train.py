@@ -207,7 +207,9 @@ def train_lora(
     frozen: text-only behaviour is then exactly that of the earlier phases, as in real VLMs whose
     connector is tuned on visual instructions).
     """
-    phases = [list(examples)] if examples and isinstance(examples[0], Example) else [list(p) for p in examples]
+    phases = (
+        [list(examples)] if examples and isinstance(examples[0], Example) else [list(p) for p in examples]
+    )
     rates = [lr] * len(phases) if isinstance(lr, (int, float)) else list(lr)
     for p in model.parameters():
         p.requires_grad_(False)
