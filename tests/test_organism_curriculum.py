@@ -1,0 +1,32 @@
+"""The organism build's stage-2 curriculum (no backbone needed)."""
+
+import pytest
+
+from cmrm_guard.organism import train
+from cmrm_guard.organism.data import Example
+
+
+def _examples() -> list[Example]:
+    text = [Example(f"h{i}", "no", None, "text_harmful") for i in range(6)]
+    text += [Example(f"b{i}", "yes", None, "text_benign") for i in range(4)]
+    image = [Example(f"q{i}", "red", [], "qa_colour") for i in range(10)]
+    return text + image
+
+
+def test_joint_is_one_phase_in_the_given_order():
+    examples = _examples()
+    assert train.curriculum_phases(examples, "joint", 0.5, 0) == [examples]
+
+
+def test_sequential_puts_text_first_and_replays_a_share_in_the_image_phase():
+    examples = _examples()
+    phase_a, phase_b = train.curriculum_phases(examples, "sequential", 0.3, 0)
+    assert {e.kind for e in phase_a} == {"text_harmful", "text_benign"} and len(phase_a) == 10
+    replay = [e for e in phase_b if e.kind in train.TEXT_KINDS]
+    assert len(phase_b) == 13 and len(replay) == 3
+    assert phase_b == train.curriculum_phases(examples, "sequential", 0.3, 0)[1]  # seeded
+
+
+def test_unknown_curriculum_is_refused():
+    with pytest.raises(ValueError, match="curriculum"):
+        train.curriculum_phases(_examples(), "random", 0.1, 0)
