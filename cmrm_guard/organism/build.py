@@ -35,8 +35,8 @@ DEFAULTS = {
     # stage 2 curriculum: "joint" (one shuffled mix) or "sequential" (text safety, then image
     # instructions with a text replay of stage_b_text_share x the image examples), see
     # train.curriculum_phases; stage_b_lr: the image phase's lr (None: lora_lr)
-    "curriculum": "joint",
-    "stage_b_text_share": 0.1,
+    "curriculum": "sequential",
+    "stage_b_text_share": 0.25,
     "stage_b_lr": None,
     # what the sequential image phase trains: "lora" or "projector" (LoRA frozen: text unchanged)
     "stage_b_trains": "lora",

@@ -39,8 +39,8 @@ def run_organism_demo(n: int = 24, max_new_tokens: int = 20, seed: int = 3) -> d
     splits = data.load_splits()
     conds = ev.conditions(splits, tokenizer, split="eval", n=n, seed=seed)
     shown = [  # the first prompts of each condition, not picked by outcome
-        *conds["harmful_typo"][:3],
-        conds["harmful_image"][0],
+        *conds["harmful_image"][:3],
+        conds["harmful_typo"][0],
         conds["benign_image"][0],
         conds["qa"][0],
         conds["qa"][3],
