@@ -30,3 +30,21 @@ def test_sequential_puts_text_first_and_replays_a_share_in_the_image_phase():
 def test_unknown_curriculum_is_refused():
     with pytest.raises(ValueError, match="curriculum"):
         train.curriculum_phases(_examples(), "random", 0.1, 0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"stage_b_text_share": -1.0}, "stage_b_text_share must be in"),
+        ({"stage_b_text_share": 1.5}, "stage_b_text_share must be in"),
+        ({"stage_b_lr": 0.0}, "stage_b_lr must be > 0"),
+        ({"curriculum": "random"}, "curriculum must be one of"),
+        ({"word_pool": "all"}, "word_pool must be one of"),
+    ],
+)
+def test_bad_build_settings_are_refused_before_training(override, message):
+    from cmrm_guard.organism.build import DEFAULTS, check_settings
+
+    check_settings(dict(DEFAULTS))  # the defaults pass
+    with pytest.raises(ValueError, match=message):
+        check_settings(DEFAULTS | override)

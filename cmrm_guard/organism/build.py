@@ -53,6 +53,27 @@ def _round_vision_to_bf16(model) -> None:
                 p.copy_(p.to(torch.bfloat16).float())
 
 
+def check_settings(settings: dict) -> None:
+    """Refuse bad stage-2 settings before any training (a bad one would otherwise fail minutes in).
+
+    Raises:
+        ValueError: naming the setting, its value and what is expected.
+    """
+    choices = {"curriculum": ("joint", "sequential"), "stage_b_trains": ("lora", "projector"),
+               "word_pool": ("train", "broad")}  # fmt: skip
+    for name, allowed in choices.items():
+        if settings[name] not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {settings[name]!r}")
+    share = settings["stage_b_text_share"]
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(
+            f"stage_b_text_share must be in [0, 1] (share of the image phase's size); got {share}"
+        )
+    lr = settings["stage_b_lr"]
+    if lr is not None and not lr > 0:
+        raise ValueError(f"stage_b_lr must be > 0 (or None: lora_lr); got {lr}")
+
+
 def add_modality_offset(model, scale: float, seed: int) -> float:
     """Add a fixed, seeded offset ``m`` to every image token (the projector's output bias).
 
@@ -96,6 +117,7 @@ def build_organism(
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown build settings {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+    check_settings(settings)
     out = Path(out_dir or asm.repo_organism_dir())
     torch.manual_seed(settings["seed"])
     timings: dict[str, float] = {}

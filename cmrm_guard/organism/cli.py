@@ -75,13 +75,13 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--curriculum",
         choices=("joint", "sequential"),
         default=None,
-        help="stage 2: one shuffled mix (joint, default) or text safety then image instructions (sequential)",
+        help="stage 2: one shuffled mix (joint: build 4) or text safety then image instructions (sequential, default)",
     )
     build.add_argument(
         "--stage-b-text-share",
         type=float,
         default=None,
-        help="sequential: text examples replayed in the image phase, as a share of its image examples",
+        help="sequential: text examples replayed in the image phase, as a share of its image examples (0-1, default 0.25)",
     )
     build.add_argument(
         "--word-pool", choices=("train", "broad"), default=None, help="words of stage 2's reading questions"
