@@ -13,7 +13,6 @@ Conditions (each a list of :class:`~cmrm_guard.organism.data.Example`, seeded):
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from collections.abc import Sequence
@@ -23,21 +22,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cmrm_guard.eval.metrics import wilson_interval
 from cmrm_guard.organism import data, judge
 from cmrm_guard.organism import images as img
 from cmrm_guard.organism.data import Example
 
 CHANCE = {"colour": 1 / 6, "shape": 1 / 3, "count": 1 / 3, "word": 0.0}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion ``k / n``."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def conditions(
@@ -112,7 +102,7 @@ class ConditionResult:
             k, n = sum(self.correct), len(self.correct)
         else:
             k, n = sum(v.refusal for v in self.verdicts), len(self.verdicts)
-        low, high = wilson(k, n)
+        low, high = wilson_interval(k, n)
         out = {"k": k, "n": n, "rate": k / n if n else 0.0, "ci95": [low, high]}
         if self.verdicts:
             out["fluent"] = sum(v.fluent for v in self.verdicts) / len(self.verdicts)
