@@ -35,8 +35,11 @@ FORWARD_COST_TOKENS = 64
 decoder once costs about what 64 tokens of compute do (SmolLM2-135M shape on 2 CPU cores: 80 ms vs
 ~1.3 ms per token). Sharing must save more than that over one plain padded forward."""
 
-PER_TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-"""Processor outputs with one entry per token: sliced to the prefix, zero-filled for suffixes."""
+ZERO_FILLED_KEYS = ("token_type_ids", "mm_token_type_ids")
+"""Per-token processor outputs that are 0 on text tokens: zero-filled for suffixes and text rows."""
+
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", *ZERO_FILLED_KEYS)
+"""Processor outputs with one entry per token: sliced to the prefix."""
 
 
 class PrefixCache(DynamicCache):
@@ -146,7 +149,7 @@ def _right_padded(
         mask[i, offset : offset + len(tokens)] = 1
     inputs = {"input_ids": ids, "attention_mask": mask}
     for key in keys:
-        if key in ("token_type_ids", "mm_token_type_ids"):
+        if key in ZERO_FILLED_KEYS:
             inputs[key] = torch.zeros_like(ids)
     positions = (torch.arange(width) + offset).expand(len(rows), width)
     last_index = torch.tensor([len(tokens) - 1 for tokens in rows])

@@ -94,13 +94,7 @@ def images_in(conversation: Conversation) -> list[Any]:
 
 def count_images(conversation: Conversation) -> int:
     """Number of image items in a conversation."""
-    return sum(
-        1
-        for message in conversation
-        if not isinstance(message["content"], str)
-        for item in message["content"]
-        if _is_image_item(item)
-    )
+    return len(images_in(conversation))
 
 
 def has_image(conversation: Conversation) -> bool:
