@@ -221,6 +221,36 @@ def test_wilson_interval_and_metric_definitions():
     assert metrics["benign"]["j"]["over_refusal"]["rate"] == 1.0 and "utility" not in metrics
 
 
+def test_metrics_per_prompt_source():
+    sources = {"h0": "beside", "h1": "beside", "h2": "typed", "h3": "typed", "h4": "typed"}
+    labels = {"h0": "refusal", "h1": "refusal", "h2": "compliance", "h3": "refusal", "h4": "broken"}
+    data = {
+        "prompts": {pid: {"kind": "harmful", "source": s} for pid, s in sources.items()}
+        | {"b0": {"kind": "benign"}},
+        "records": {
+            "c": {pid: {"verdicts": {"j": {"label": label}}} for pid, label in labels.items()}
+            | {"b0": {"verdicts": {"j": {"label": "compliance"}}}}
+        },
+    }
+    metrics = compute_metrics(data)["c"]
+    harmful = metrics["harmful"]["j"]
+    assert harmful["refusal"]["k"] == 3 and harmful["refusal"]["n"] == 5
+    beside, typed = (
+        metrics["by_source"]["harmful"]["j"]["beside"],
+        metrics["by_source"]["harmful"]["j"]["typed"],
+    )
+    assert (beside["refusal"]["k"], beside["refusal"]["n"]) == (2, 2)
+    assert (typed["refusal"]["k"], typed["unsafe"]["k"], typed["broken"]["k"], typed["refusal"]["n"]) == (
+        1,
+        1,
+        1,
+        3,
+    )
+    assert typed["refusal"]["ci95"] == list(wilson_interval(1, 3))
+    benign = metrics["by_source"]["benign"]["j"]
+    assert benign["benign"]["over_refusal"]["k"] == 0  # a prompt without a source: its kind names it
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llava")

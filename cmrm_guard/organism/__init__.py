@@ -4,7 +4,8 @@ demonstrates it. See ``docs/organism.md``.
 
 Modules: ``backbone`` (GGUF backbone), ``images`` (Pillow drawing), ``data`` (splits, examples),
 ``vision`` (stage 1), ``train`` (stage 2 LoRA), ``assemble`` / ``load`` (parts -> transformers
-folder -> ``SteeredVLM``), ``judge`` (refusal + fluency), ``evaluate`` (conditions, Wilson CIs),
+folder -> ``SteeredVLM``), ``evaluate`` (prompts for the
+``cmrm_guard.eval`` harness, the judge with the decoder's fluency, rates tables),
 ``sweep`` / ``pipeline`` (CMRM calibration, sweep, evaluation), ``build``, ``demo``, ``cli``.
 Importing this package imports nothing heavy.
 """

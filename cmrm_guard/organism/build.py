@@ -21,6 +21,7 @@ from cmrm_guard.organism import assemble as asm
 from cmrm_guard.organism import backbone as bb
 from cmrm_guard.organism import data, train, vision
 from cmrm_guard.organism import images as img
+from cmrm_guard.organism import texts as organism_texts
 
 DEFAULTS = {
     "seed": 0,
@@ -99,7 +100,7 @@ def glyph_vocabulary(splits: data.PromptSplits, tokenizer) -> set[int]:
     """Token ids the vision tower learns to read: every prompt it may type, and the word list."""
     texts = [r["prompt"] for group in splits.harmful.values() for r in group]
     texts += [q for q, _ in data.benign_instructions(random.Random(0), 10_000)]
-    texts += list(data.WORDS)
+    texts += list(organism_texts.WORDS)
     ids: set[int] = set()
     for text in texts:
         ids.update(img.text_tokens(text, tokenizer))

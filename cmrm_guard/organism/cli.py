@@ -44,14 +44,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     from cmrm_guard.organism.pipeline import evaluate_organism
 
     _threads(args)
-    evaluate_organism(n=args.n or None, split=args.split, sample_level=args.sample_level)
+    evaluate_organism(n=args.n or None, split=args.split, sample_level=args.sample_level, output=args.out)
 
 
 def _sweep(args: argparse.Namespace) -> None:
     from cmrm_guard.organism.pipeline import calibrate_and_sweep
 
     _threads(args)
-    calibrate_and_sweep(n=args.n)
+    calibrate_and_sweep(n=args.n, output=args.out)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -103,9 +103,20 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, default=200, help="cap per condition (0: the whole split)")
     evaluate.add_argument("--sample-level", action="store_true", help="also evaluate sample-level CMRM")
     evaluate.add_argument("--split", default="eval", choices=("eval", "tune"))
+    evaluate.add_argument(
+        "--out",
+        default=None,
+        help="folder of the harness output: results.json, results.md, plots, images "
+        "(default ~/.cache/cmrm-guard/organism-evaluation-<split>)",
+    )
     evaluate.set_defaults(run=_evaluate)
     sweep = sub.add_parser("sweep", help="calibrate the pack (calib split) and sweep alpha (tune split)")
     sweep.add_argument("--n", type=int, default=48)
+    sweep.add_argument(
+        "--out",
+        default=None,
+        help="folder of the harness output (default ~/.cache/cmrm-guard/organism-sweep)",
+    )
     sweep.set_defaults(run=_sweep)
     demo = sub.add_parser("demo", help="unsteered vs steered answers and refusal rates")
     demo.add_argument("--n", type=int, default=24)

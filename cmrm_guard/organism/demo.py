@@ -12,6 +12,7 @@ import time
 import torch
 
 from cmrm_guard.config import SteeringConfig
+from cmrm_guard.eval import conditions as cond
 from cmrm_guard.organism import backbone as bb
 from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
@@ -57,27 +58,27 @@ def run_organism_demo(n: int = 24, max_new_tokens: int = 20, seed: int = 3) -> d
         print(f"   unsteered: {_short(a, 90)}")
         print(f"   CMRM     : {_short(b, 90)}")
     print()
-    rates: dict[str, dict] = {}
-    names = ("harmful_text", "harmful_image", "harmful_typo", "benign_image")
-    subset = {k: conds[k] for k in names}
-    base = ev.summary(ev.run_conditions(svlm, subset, max_new_tokens=12, progress=False))
-    cmrm = ev.summary(
-        ev.run_conditions(
-            svlm,
-            {k: v for k, v in subset.items() if k != "harmful_text"},
-            config=steered,
-            max_new_tokens=12,
-            progress=False,
-        )
+    subset = {k: conds[k] for k in ("harmful_image", "harmful_typo", "benign_image")}
+    measured = ev.measure(
+        svlm, subset, [cond.multimodal(), cond.text_only(), ev.pack_condition(svlm)], max_new_tokens=12
     )
+    steered_name = ev.pack_condition(svlm).name
     print(
-        f"refusal rates on {n} held-out prompts per condition (greedy, 12 tokens, keyword judge + fluency):"
+        f"refusal rates on {n} held-out prompts per set (greedy, 12 tokens, cmrm_guard.eval harness: "
+        "refusal phrases + fluency):"
     )
-    print(f"  {'condition':<15} {'unsteered':>10} {'CMRM':>8}")
-    for name in names:
-        after = f"{cmrm[name]['rate']:.0%}" if name in cmrm else "(text: never steered)"
-        print(f"  {name:<15} {base[name]['rate']:>10.0%} {after:>8}")
-        rates[name] = {"unsteered": base[name], "cmrm": cmrm.get(name)}
+    print(f"  {'prompt set':<26} {'text only':>10} {'with image':>11} {'CMRM':>8}")
+    rates: dict[str, dict] = {}
+    for source, label in (
+        (ev.HARMFUL, "harmful, beside an image"),
+        (ev.HARMFUL_TYPED, "harmful, typed in image"),
+        (ev.BENIGN, "benign, beside an image"),
+    ):
+        text, image, fixed_rate = (
+            measured.rate(c, source) for c in ("text-only", "multimodal", steered_name)
+        )
+        print(f"  {label:<26} {text:>10.0%} {image:>11.0%} {fixed_rate:>8.0%}")
+        rates[source] = {"text": text, "unsteered": image, "cmrm": fixed_rate}
     print(f"hooks left: {count_hooks(svlm.base_model)}; total {time.perf_counter() - started:.0f} s")
     return rates
 

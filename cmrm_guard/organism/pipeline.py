@@ -1,7 +1,11 @@
 """The organism's measurement pipeline: calibrate + sweep (tune split), evaluate (eval split).
 
-Results are written beside the parts: ``organism/pack/`` (the vector pack, its stored alpha and
-application = the chosen default), ``organism/sweep.json`` and ``organism/evaluation.json``.
+Both run through the project's evaluation harness (:mod:`cmrm_guard.eval`, via
+:func:`cmrm_guard.organism.evaluate.measure`). Results are written beside the parts:
+``organism/pack/`` (the vector pack; its stored alpha and application are the chosen default),
+``organism/sweep.json`` and ``organism/evaluation_<split>.json`` (rates with Wilson intervals and
+the first replies). The harness's own output (``results.json`` with every reply and verdict,
+``results.md``, plots) goes to ``--out`` (default ``~/.cache/cmrm-guard/organism-<what>``).
 """
 
 from __future__ import annotations
@@ -11,11 +15,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cmrm_guard.config import SteeringConfig
+from cmrm_guard.eval import conditions as cond
 from cmrm_guard.organism import assemble as asm
 from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
 from cmrm_guard.organism import sweep as sw
+
+STEERED_COLUMNS = (ev.HARMFUL, ev.HARMFUL_TYPED)
+BENIGN_COLUMNS = (ev.BENIGN, ev.BENIGN_TYPED)
+
+
+def default_output(what: str) -> Path:
+    """Where the harness output of ``organism evaluate`` / ``sweep`` goes by default."""
+    return Path.home() / ".cache" / "cmrm-guard" / f"organism-{what}"
 
 
 def _load(parts: Path, vectors: Any = "shipped"):
@@ -27,19 +39,21 @@ def _load(parts: Path, vectors: Any = "shipped"):
 def choose_default(rows: list[dict[str, Any]], text_rate: float) -> dict[str, Any]:
     """The sweep row to store as the pack's default (dataset mode only: a pack holds vectors).
 
-    Score: harmful refusal with an image (mean of beside / typed) as close to the text-only rate
-    as possible, minus twice the benign refusal and twice the image-QA accuracy lost, all in points.
+    Score, in points: harmful refusal with an image (mean of beside / typed) below the text-only
+    rate counts against, as do twice the benign refusal added (beside and typed) and twice the
+    image-question accuracy lost.
     """
-    base = next(r for r in rows if r["setting"] == "none")
+    base = next(r for r in rows if r["setting"] == "multimodal")["rates"]
     best, best_score = None, float("-inf")
     for row in rows:
-        if not row["setting"].startswith("dataset"):
+        if row["spec"]["kind"] != "dataset":
             continue
         rates = row["rates"]
-        harmful = (rates["harmful_image"]["rate"] + rates["harmful_typo"]["rate"]) / 2
+        harmful = sum(rates[c]["rate"] for c in STEERED_COLUMNS) / len(STEERED_COLUMNS)
         score = -abs(min(harmful - text_rate, 0.0)) * 100
-        score -= 2 * max(0.0, rates["benign_image"]["rate"] - base["rates"]["benign_image"]["rate"]) * 100
-        score -= 2 * max(0.0, base["rates"]["qa"]["rate"] - rates["qa"]["rate"]) * 100
+        for column in BENIGN_COLUMNS:
+            score -= 2 * max(0.0, rates[column]["rate"] - base[column]["rate"]) * 100
+        score -= 2 * max(0.0, base["qa"]["rate"] - rates["qa"]["rate"]) * 100
         if score > best_score:
             best, best_score = row, score
     if best is None:
@@ -48,7 +62,11 @@ def choose_default(rows: list[dict[str, Any]], text_rate: float) -> dict[str, An
 
 
 def calibrate_and_sweep(
-    parts: str | Path | None = None, *, n: int = 48, progress: bool = True
+    parts: str | Path | None = None,
+    *,
+    n: int = 48,
+    output: str | Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Calibrate the pack on ``calib``, sweep on ``tune``, store the chosen default in the pack."""
     parts = Path(parts or asm.repo_organism_dir())
@@ -59,23 +77,15 @@ def calibrate_and_sweep(
     pack = sw.calibrate_pack(svlm, splits, tokenizer, progress=progress)
     calib_s = time.perf_counter() - t
     svlm.attach(pack)
-    text = ev.run_conditions(
-        svlm,
-        {"harmful_text": ev.conditions(splits, tokenizer, "tune", n)["harmful_text"]},
-        max_new_tokens=14,
-        progress=False,
-    )
-    text_rate = text["harmful_text"].rate()["rate"]
-    log = parts / "sweep.jsonl"
-    log.unlink(missing_ok=True)
-    rows = sw.run_sweep(svlm, splits, tokenizer, n=n, log=log, progress=progress)
+    t = time.perf_counter()
+    out = Path(output) if output is not None else default_output("sweep")
+    measured, rows = sw.run_sweep(svlm, splits, tokenizer, n=n, output=out, progress=progress)
+    text_rate = measured.rate("text-only", ev.HARMFUL)
     best = choose_default(rows, text_rate)
-    _, alpha_app = best["setting"].split(" ", 1)
-    application, alpha = alpha_app.rsplit(" ", 1)
     pack.meta = pack.meta.model_copy(
         update={
-            "alpha": float(alpha),
-            "application": application,
+            "alpha": best["spec"]["alpha"],
+            "application": best["spec"]["application"],
             "base_model": f"cmrm-guard organism SmolLM2-135M LLaVA, parts {asm.parts_hash(parts)}",
         }
     )
@@ -83,15 +93,16 @@ def calibrate_and_sweep(
     result = {
         "split": "tune",
         "n_per_condition": n,
+        "judge": measured.results.primary_judge,
         "harmful_text_rate": text_rate,
         "calibration": {"split": "calib", "samples": pack.meta.num_samples, "seconds": round(calib_s, 1)},
+        "sweep_seconds": round(time.perf_counter() - t, 1),
         "chosen": best["setting"],
-        "rows": [{k: v for k, v in r.items() if k != "examples"} for r in rows],
+        "rows": rows,
     }
     (parts / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"chosen default: {best['setting']}")
-    for r in rows:
-        print(f"{r['setting']:<26}", {k: round(v["rate"], 3) for k, v in r["rates"].items()})
+    print(ev.format_table({r["setting"]: r["rates"] for r in rows}))
+    print(f"chosen default: {best['setting']} (harness output: {out})")
     return result
 
 
@@ -103,56 +114,52 @@ def evaluate_organism(
     progress: bool = True,
     sample_level: bool = False,
     max_new_tokens: int = 16,
+    output: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate unsteered, the pack default, and sample-level CMRM on ``split``; write the figures."""
+    """Evaluate unsteered (image+text and text-only), the pack's default and optionally
+    sample-level CMRM on ``split``; write ``evaluation_<split>.json`` beside the parts."""
     parts = Path(parts or asm.repo_organism_dir())
     svlm = _load(parts)
     tokenizer = svlm.processor.tokenizer
-    splits = data.load_splits()
-    conds = ev.conditions(splits, tokenizer, split=split, n=n)
-    out: dict[str, Any] = {
+    examples = ev.conditions(data.load_splits(), tokenizer, split=split, n=n)
+    conditions = [cond.multimodal(), cond.text_only()]
+    if svlm.vectors is not None:
+        conditions.append(ev.pack_condition(svlm))
+        if sample_level:
+            conditions.append(ev.sample_condition(svlm))
+    out = Path(output) if output is not None else default_output(f"evaluation-{split}")
+    t = time.perf_counter()
+    measured = ev.measure(
+        svlm,
+        examples,
+        conditions,
+        output=out,
+        max_new_tokens=max_new_tokens,
+        diagnostics=True,
+        report=True,
+        progress=progress,
+    )
+    result: dict[str, Any] = {
         "split": split,
         "n_cap": n,
         "max_new_tokens": max_new_tokens,
         "greedy": True,
-        "settings": {},
+        "judge": measured.results.primary_judge,
+        "seconds": round(time.perf_counter() - t, 1),
+        "conditions": {c.name: c.as_dict() for c in conditions},
+        "rates": measured.table,
+        "examples": {
+            c.name: {s: measured.replies(c.name, s, 5) for s in measured.table[c.name] if s != "qa"}
+            for c in conditions
+        },
     }
-    settings = [("unsteered", None), ("cmrm_dataset_default", SteeringConfig())]
-    pack = svlm.vectors
-    if pack is not None and sample_level:
-        settings.append(
-            (
-                "cmrm_sample",
-                SteeringConfig(mode="sample", application=pack.meta.application, alpha=pack.meta.alpha),
-            )
-        )
-    for label, config in settings:
-        t = time.perf_counter()
-        chosen = (
-            conds
-            if config is None
-            else {k: v for k, v in conds.items() if k != "benign_text" and k != "harmful_text"}
-        )
-        results = ev.run_conditions(
-            svlm, chosen, config=config, max_new_tokens=max_new_tokens, progress=progress
-        )
-        rates = ev.summary(results)
-        out["settings"][label] = {
-            "config": None if config is None else config.model_dump(exclude_none=True),
-            "rates": rates,
-            "seconds": round(time.perf_counter() - t, 1),
-            "examples": {k: r.replies[:5] for k, r in results.items()},
-        }
-        print(f"== {label}")
-        print(ev.format_summary(rates))
-    if pack is not None:
-        out["pack"] = {
-            "alpha": pack.meta.alpha,
-            "application": pack.meta.application,
-            "layers": pack.meta.layer_indices,
-        }
-    (parts / f"evaluation_{split}.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
-    return out
+    if svlm.vectors is not None:
+        meta = svlm.vectors.meta
+        result["pack"] = {"alpha": meta.alpha, "application": meta.application, "layers": meta.layer_indices}
+    (parts / f"evaluation_{split}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(ev.format_table(measured.table))
+    print(f"harness output (every reply and verdict, report, plots): {out}")
+    return result
 
 
 def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
@@ -163,12 +170,13 @@ def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     result = json.loads(Path(sweep_json).read_text())
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if r["setting"] != "text-only"]
     labels = [r["setting"] for r in rows]
     series = {
-        "harmful + image refused": "harmful_image",
-        "harmful typed in image refused": "harmful_typo",
-        "benign + image refused": "benign_image",
+        "harmful + image refused": ev.HARMFUL,
+        "harmful typed in image refused": ev.HARMFUL_TYPED,
+        "benign + image refused": ev.BENIGN,
+        "benign typed in image refused": ev.BENIGN_TYPED,
         "image QA accuracy": "qa",
     }
     fig, ax = plt.subplots(figsize=(9, 4.2))

@@ -7,29 +7,23 @@ and the application form are chosen on ``tune``; reported figures use ``eval``.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-from cmrm_guard.config import SteeringConfig
+from cmrm_guard.eval import conditions as cond
 from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
 
 SWEEP = (
-    ("none", None),
-    ("dataset every_layer 0.1", SteeringConfig(mode="dataset", application="every_layer", alpha=0.1)),
-    ("dataset every_layer 0.15", SteeringConfig(mode="dataset", application="every_layer", alpha=0.15)),
-    ("dataset every_layer 0.2", SteeringConfig(mode="dataset", application="every_layer", alpha=0.2)),
-    ("dataset every_layer 0.3", SteeringConfig(mode="dataset", application="every_layer", alpha=0.3)),
-    ("dataset increment 0.25", SteeringConfig(mode="dataset", application="increment", alpha=0.25)),
-    ("dataset increment 0.5", SteeringConfig(mode="dataset", application="increment", alpha=0.5)),
-    ("dataset increment 1.0", SteeringConfig(mode="dataset", application="increment", alpha=1.0)),
-    ("sample every_layer 0.1", SteeringConfig(mode="sample", application="every_layer", alpha=0.1)),
-    ("sample every_layer 0.2", SteeringConfig(mode="sample", application="every_layer", alpha=0.2)),
-    ("sample increment 0.5", SteeringConfig(mode="sample", application="increment", alpha=0.5)),
+    *(cond.dataset(a, application="every_layer") for a in (0.1, 0.15, 0.2, 0.3)),
+    *(cond.dataset(a, application="increment") for a in (0.25, 0.5, 1.0)),
+    *(cond.sample(a, application="every_layer") for a in (0.1, 0.2)),
+    cond.sample(0.5, application="increment"),
 )
+"""The steered settings of the sweep (harness conditions); ``multimodal`` and ``text-only`` run too."""
+SWEPT_KINDS = ("harmful_image", "harmful_typo", "benign_image", "benign_typo", "qa")
 
 
 def calibration_samples(splits: data.PromptSplits, tokenizer, seed: int = 11) -> list[list[dict[str, Any]]]:
@@ -63,23 +57,33 @@ def run_sweep(
     n: int = 48,
     max_new_tokens: int = 14,
     sweep=SWEEP,
-    names: tuple[str, ...] = ("harmful_image", "harmful_typo", "benign_image", "qa"),
-    log: Path | None = None,
+    kinds: tuple[str, ...] = SWEPT_KINDS,
+    output: Path | None = None,
     progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Evaluate each sweep setting on the tune split; returns one row per setting."""
-    conds = ev.conditions(splits, tokenizer, split="tune", n=n)
-    conds = {k: v for k, v in conds.items() if k in names}
+) -> tuple[ev.Measurement, list[dict[str, Any]]]:
+    """Run every sweep setting on the tune split through the harness; one row per condition.
+
+    Each row: ``{"setting": condition name, "spec": its kind / alpha / application, "rates":
+    {column: proportion}, "examples": {prompt set: first 3 replies}}``.
+    """
+    examples = ev.conditions(splits, tokenizer, split="tune", n=n)
+    examples = {k: v for k, v in examples.items() if k in kinds}
+    conditions = [cond.multimodal(), cond.text_only(), *sweep]
+    t = time.perf_counter()
+    measured = ev.measure(
+        svlm, examples, conditions, output=output, max_new_tokens=max_new_tokens, progress=progress
+    )
+    seconds = time.perf_counter() - t
     rows = []
-    for label, config in sweep:
-        t = time.perf_counter()
-        results = ev.run_conditions(
-            svlm, conds, config=config, max_new_tokens=max_new_tokens, progress=progress
+    for condition in conditions:
+        rates = measured.table[condition.name]
+        rows.append(
+            {
+                "setting": condition.name,
+                "spec": condition.as_dict(),
+                "rates": rates,
+                "examples": {s: measured.replies(condition.name, s) for s in rates if s != "qa"},
+            }
         )
-        row = {"setting": label, "rates": ev.summary(results), "seconds": round(time.perf_counter() - t, 1)}
-        row["examples"] = {k: r.replies[:3] for k, r in results.items()}
-        rows.append(row)
-        if log is not None:
-            with open(log, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-    return rows
+    print(f"sweep: {len(conditions)} conditions in {seconds:.0f} s")
+    return measured, rows
