@@ -112,4 +112,7 @@ def test_measure_runs_the_harness_on_a_llava(tmp_path):
     assert set(table["multimodal"]) == {ev.HARMFUL, ev.HARMFUL_TYPED, ev.BENIGN, "qa"}
     assert measured.results.primary_judge == "refusal-phrase/v1+nll"
     assert len(measured.replies("multimodal", ev.HARMFUL_TYPED)) == 1
+    report = measured.results.table()  # the harness's Markdown report splits the prompt sets
+    assert "By prompt set" in report and "| harmful (refused) |" in report
+    assert "harmful typed (refused)" in report and "qa word (accuracy)" in report
     assert (tmp_path / "run" / "results.json").is_file() and any((tmp_path / "run" / "images").iterdir())
