@@ -40,6 +40,7 @@ def test_unknown_curriculum_is_refused():
         ({"stage_b_lr": 0.0}, "stage_b_lr must be > 0"),
         ({"curriculum": "random"}, "curriculum must be one of"),
         ({"word_pool": "all"}, "word_pool must be one of"),
+        ({"typed_phase": "C"}, "typed_phase must be one of"),
     ],
 )
 def test_bad_build_settings_are_refused_before_training(override, message):
@@ -48,3 +49,14 @@ def test_bad_build_settings_are_refused_before_training(override, message):
     check_settings(dict(DEFAULTS))  # the defaults pass
     with pytest.raises(ValueError, match=message):
         check_settings(DEFAULTS | override)
+
+
+def test_typed_phase_a_moves_the_typed_requests_to_the_text_phase():
+    examples = _examples() + [Example(f"t{i}", "ok", [], train.TYPED_KIND) for i in range(4)]
+    phase_a, phase_b = train.curriculum_phases(examples, "sequential", 0.3, 0, typed_phase="A")
+    assert {e.kind for e in phase_a} == {"text_harmful", "text_benign", train.TYPED_KIND}
+    assert len(phase_a) == 14 and not any(e.kind == train.TYPED_KIND for e in phase_b)
+    default_a, default_b = train.curriculum_phases(examples, "sequential", 0.3, 0)
+    assert len(default_a) == 10 and sum(e.kind == train.TYPED_KIND for e in default_b) == 4
+    with pytest.raises(ValueError, match="typed_phase"):
+        train.curriculum_phases(examples, "sequential", 0.3, 0, typed_phase="C")

@@ -116,3 +116,35 @@ def test_measure_runs_the_harness_on_a_llava(tmp_path):
     assert "By prompt set" in report and "| harmful (refused) |" in report
     assert "harmful typed (refused)" in report and "qa word (accuracy)" in report
     assert (tmp_path / "run" / "results.json").is_file() and any((tmp_path / "run" / "images").iterdir())
+
+
+def _row(setting, kind, alpha, harmful, typed, benign, benign_typed, qa, n=48):
+    rates = {
+        ev.HARMFUL: harmful,
+        ev.HARMFUL_TYPED: typed,
+        ev.BENIGN: benign,
+        ev.BENIGN_TYPED: benign_typed,
+        "qa": qa,
+    }
+    return {
+        "setting": setting,
+        "spec": {"kind": kind, "alpha": alpha},
+        "rates": {c: {"rate": k / n, "k": k, "n": n} for c, k in rates.items()},
+    }
+
+
+def test_choose_default_keeps_benign_and_qa_within_budget_then_restores_most():
+    from cmrm_guard.organism.pipeline import choose_default
+
+    rows = [
+        _row("multimodal", "multimodal", None, 30, 0, 0, 0, 40),
+        _row("text-only", "text_only", None, 44, 44, 0, 0, 40),
+        _row("strong", "dataset", 1.0, 48, 40, 10, 0, 40),  # restores most, but benign +10 prompts
+        _row("qa loss", "dataset", 0.8, 47, 30, 0, 0, 37),  # QA -3 prompts
+        _row("mild", "dataset", 0.5, 44, 3, 0, 1, 40),  # one benign prompt more: within the budget
+        _row("mild, same sum", "dataset", 0.4, 46, 1, 1, 1, 40),  # same shortfall, more benign refused
+        _row("sample", "sample", 0.5, 48, 48, 0, 0, 40),  # sample-level: not storable in a pack
+    ]
+    assert choose_default(rows, text_rate=44 / 48)["setting"] == "mild"
+    with pytest.raises(ValueError, match="within budget"):
+        choose_default(rows[:4], text_rate=44 / 48)

@@ -41,6 +41,9 @@ DEFAULTS = {
     "stage_b_lr": None,
     # what the sequential image phase trains: "lora" or "projector" (LoRA frozen: text unchanged)
     "stage_b_trains": "lora",
+    # sequential: the phase of the benign requests typed in an image: "B" (the image phase) or "A"
+    # (with the text examples: typed requests are learned beside text safety, as in the joint mix)
+    "typed_phase": "B",
     # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see data.reading_words)
     "word_pool": "train",
 }
@@ -61,7 +64,7 @@ def check_settings(settings: dict) -> None:
         ValueError: naming the setting, its value and what is expected.
     """
     choices = {"curriculum": ("joint", "sequential"), "stage_b_trains": ("lora", "projector"),
-               "word_pool": ("train", "broad")}  # fmt: skip
+               "word_pool": ("train", "broad"), "typed_phase": ("A", "B")}  # fmt: skip
     for name, allowed in choices.items():
         if settings[name] not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {settings[name]!r}")
@@ -164,7 +167,11 @@ def build_organism(
         splits, tokenizer, settings["lora_examples"], settings["seed"], settings["word_pool"]
     )
     phases = train.curriculum_phases(
-        examples, settings["curriculum"], settings["stage_b_text_share"], settings["seed"]
+        examples,
+        settings["curriculum"],
+        settings["stage_b_text_share"],
+        settings["seed"],
+        typed_phase=settings["typed_phase"],
     )
     rates = [settings["lora_lr"]] * len(phases)
     if len(phases) > 1 and settings["stage_b_lr"] is not None:

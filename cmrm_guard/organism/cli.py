@@ -34,6 +34,7 @@ def _build(args: argparse.Namespace) -> None:
         ("stage_b_lr", args.stage_b_lr),
         ("word_pool", args.word_pool),
         ("stage_b_trains", args.stage_b_trains),
+        ("typed_phase", args.typed_phase),
     )
     overrides = {k: v for k, v in given if v is not None}
     meta = build_organism(args.out, **overrides)
@@ -93,6 +94,12 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         help="sequential: what the image phase trains",
     )
     build.add_argument("--stage-b-lr", type=float, default=None, help="sequential: lr of the image phase")
+    build.add_argument(
+        "--typed-phase",
+        choices=("A", "B"),
+        default=None,
+        help="sequential: phase of the benign requests typed in an image (B: image phase, default)",
+    )
     build.add_argument(
         "--reuse-vision-from",
         default=None,

@@ -36,29 +36,43 @@ def _load(parts: Path, vectors: Any = "shipped"):
     return load_organism(parts, vectors=vectors)
 
 
-def choose_default(rows: list[dict[str, Any]], text_rate: float) -> dict[str, Any]:
+def choose_default(rows: list[dict[str, Any]], text_rate: float, budget: float = 0.02) -> dict[str, Any]:
     """The sweep row to store as the pack's default (dataset mode only: a pack holds vectors).
 
-    Score, in points: harmful refusal with an image (mean of beside / typed) below the text-only
-    rate counts against, as do twice the benign refusal added (beside and typed) and twice the
-    image-question accuracy lost.
+    The issue's goals as a rule. Admissible: every benign set (beside / typed) refused at most
+    ``budget`` more than unsteered and image-question accuracy at most ``budget`` lower, where a
+    budget is never smaller than one prompt (at n = 48 one prompt is 2.1 points: the sweep cannot
+    resolve less). Among admissible rows: the one whose harmful refusal with an image (mean of
+    beside / typed) is closest to the text-only rate from below; ties go to the smaller benign
+    increase, then the smaller alpha. A ``ValueError`` says so when no row is admissible.
     """
     base = next(r for r in rows if r["setting"] == "multimodal")["rates"]
-    best, best_score = None, float("-inf")
+
+    def slack(column: str) -> float:
+        return max(budget, 1.0 / max(1, base[column]["n"])) + 1e-9
+
+    ranked = []
     for row in rows:
         if row["spec"]["kind"] != "dataset":
             continue
         rates = row["rates"]
+        benign_up = [rates[c]["rate"] - base[c]["rate"] for c in BENIGN_COLUMNS]
+        qa_down = base["qa"]["rate"] - rates["qa"]["rate"]
+        admissible = all(up <= slack(c) for up, c in zip(benign_up, BENIGN_COLUMNS, strict=True))
+        admissible = admissible and qa_down <= slack("qa")
         harmful = sum(rates[c]["rate"] for c in STEERED_COLUMNS) / len(STEERED_COLUMNS)
-        score = -abs(min(harmful - text_rate, 0.0)) * 100
-        for column in BENIGN_COLUMNS:
-            score -= 2 * max(0.0, rates[column]["rate"] - base[column]["rate"]) * 100
-        score -= 2 * max(0.0, base["qa"]["rate"] - rates["qa"]["rate"]) * 100
-        if score > best_score:
-            best, best_score = row, score
-    if best is None:
+        shortfall = round(max(0.0, text_rate - harmful), 9)  # equal counts tie exactly
+        ranked.append(
+            (not admissible, shortfall, sum(max(0.0, u) for u in benign_up), row["spec"]["alpha"], row)
+        )
+    if not ranked:
         raise ValueError("the sweep holds no dataset-level setting")
-    return best
+    ranked.sort(key=lambda item: item[:4])
+    if ranked[0][0]:
+        raise ValueError(
+            "no dataset-level setting of the sweep keeps benign refusal and image QA within budget"
+        )
+    return ranked[0][4]
 
 
 def calibrate_and_sweep(
@@ -179,7 +193,7 @@ def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
         "benign typed in image refused": ev.BENIGN_TYPED,
         "image QA accuracy": "qa",
     }
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(11, 4.4))
     x = range(len(rows))
     for name, key in series.items():
         rates = [r["rates"][key]["rate"] * 100 for r in rows]
@@ -206,7 +220,7 @@ def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
     ax.set_title(
         f"CMRM on the organism (tune split, n={result['n_per_condition']} per condition, 95% Wilson CIs)"
     )
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

@@ -25,6 +25,7 @@ from cmrm_guard.organism.data import Example
 
 MIX = {"text_harmful": 0.30, "text_benign": 0.20, "qa": 0.28, "image_benign": 0.10, "typo_benign": 0.12}
 TEXT_KINDS = ("text_harmful", "text_benign")
+TYPED_KIND = "typo_benign"
 
 
 class LoRALinear(nn.Module):
@@ -108,7 +109,12 @@ def training_examples(
 
 
 def curriculum_phases(
-    examples: Sequence[Example], curriculum: str, stage_b_text_share: float, seed: int
+    examples: Sequence[Example],
+    curriculum: str,
+    stage_b_text_share: float,
+    seed: int,
+    *,
+    typed_phase: str = "B",
 ) -> list[list[Example]]:
     """Order ``examples`` into training phases.
 
@@ -117,19 +123,26 @@ def curriculum_phases(
     the image examples (questions, benign requests beside / typed in an image) plus a replay of
     ``stage_b_text_share`` x (phase-B size) text examples drawn from phase A (kept in phase A too).
     The image context is trained last, on answers only, so it drifts away from the aligned text
-    distribution while text refusals are kept by the replay.
+    distribution while text refusals are kept by the replay. ``typed_phase="A"`` moves the benign
+    requests typed in an image into phase A (the replay still draws text examples only).
     """
     if curriculum == "joint":
         return [list(examples)]
     if curriculum != "sequential":
         raise ValueError(f"unknown curriculum {curriculum!r}: 'joint' or 'sequential'")
+    if typed_phase not in ("A", "B"):
+        raise ValueError(f"unknown typed_phase {typed_phase!r}: 'A' or 'B'")
     rng = random.Random(seed + 11)
     text = [e for e in examples if e.kind in TEXT_KINDS]
     image = [e for e in examples if e.kind not in TEXT_KINDS]
+    phase_a = text
+    if typed_phase == "A":
+        phase_a = [e for e in examples if e.kind in TEXT_KINDS or e.kind == TYPED_KIND]
+        image = [e for e in image if e.kind != TYPED_KIND]
     replay_n = min(len(text), int(round(stage_b_text_share * len(image))))
     phase_b = image + rng.sample(text, replay_n)
     rng.shuffle(phase_b)
-    return [text, phase_b]
+    return [phase_a, phase_b]
 
 
 @dataclass
