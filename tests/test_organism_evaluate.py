@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny
 from PIL import Image
 
@@ -148,3 +149,40 @@ def test_choose_default_keeps_benign_and_qa_within_budget_then_restores_most():
     assert choose_default(rows, text_rate=44 / 48)["setting"] == "mild"
     with pytest.raises(ValueError, match="within budget"):
         choose_default(rows[:4], text_rate=44 / 48)
+
+
+def test_probe_separates_own_direction_from_the_text_direction():
+    from cmrm_guard.organism.probe import probe_accuracies
+
+    g = torch.Generator().manual_seed(0)
+
+    def states(axis: int, sign: float) -> torch.Tensor:
+        x = torch.randn(40, 2, 8, generator=g) * 0.1
+        x[:, :, axis] += sign
+        return x
+
+    accuracy = probe_accuracies(
+        {
+            "text": (states(0, 1.0), states(0, -1.0)),
+            "beside": (states(0, 1.0) + 3.0, states(0, -1.0) + 3.0),  # shifted: same direction
+            "typed": (states(1, 1.0), states(1, -1.0)),  # harmfulness on another axis
+            "reversed": (states(0, -1.0), states(0, 1.0)),
+        }
+    )
+    assert accuracy["text"]["own"] == [1.0, 1.0] and accuracy["beside"]["text direction"] == [1.0, 1.0]
+    assert accuracy["typed"]["own"] == [1.0, 1.0] and all(
+        0.2 < a < 0.8 for a in accuracy["typed"]["text direction"]
+    )
+    assert accuracy["reversed"]["text direction"] == [0.0, 0.0]
+
+
+def test_probe_reads_one_state_per_layer_at_the_last_token():
+    from cmrm_guard.organism.probe import last_token_states
+    from cmrm_guard.steered import SteeredVLM
+
+    model, processor = tiny("llava")
+    svlm = SteeredVLM(model, processor)
+    examples = _examples()
+    states = last_token_states(svlm, [examples["harmful_text"][0], examples["harmful_image"][0]])
+    assert states.shape == (2, svlm.num_layers, svlm.hidden_size)
+    assert not torch.equal(states[0], states[1])

@@ -1,4 +1,4 @@
-"""``cmrm-guard organism {build,evaluate,sweep,demo}``.
+"""``cmrm-guard organism {build,evaluate,sweep,probe,demo}``.
 
 Wire into the main parser with ``add_organism_command(commands)`` (``commands`` is the
 ``add_subparsers`` object of ``cmrm_guard.cli.build_parser``); standalone:
@@ -53,6 +53,19 @@ def _sweep(args: argparse.Namespace) -> None:
 
     _threads(args)
     calibrate_and_sweep(n=args.n, output=args.out)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from cmrm_guard.organism import assemble as asm
+    from cmrm_guard.organism.load import load_organism
+    from cmrm_guard.organism.probe import format_probe, run_probe
+
+    _threads(args)
+    result = run_probe(load_organism(vectors=None), n=args.n, split=args.split)
+    print(format_probe(result))
+    target = asm.repo_organism_dir() / f"probe_{args.split}.json"
+    target.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written: {target}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -125,10 +138,17 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         help="folder of the harness output (default ~/.cache/cmrm-guard/organism-sweep)",
     )
     sweep.set_defaults(run=_sweep)
+    probe = sub.add_parser(
+        "probe",
+        help="per-layer linear probe: is harmfulness read along the text direction (text / beside / typed)?",
+    )
+    probe.add_argument("--n", type=int, default=96, help="harmful and benign prompts per condition")
+    probe.add_argument("--split", default="tune", choices=("tune", "eval"))
+    probe.set_defaults(run=_probe)
     demo = sub.add_parser("demo", help="unsteered vs steered answers and refusal rates")
     demo.add_argument("--n", type=int, default=24)
     demo.set_defaults(run=_demo)
-    for parser in (build, evaluate, sweep, demo):
+    for parser in (build, evaluate, sweep, probe, demo):
         parser.add_argument("--threads", type=int, default=2)
     return organism
 
