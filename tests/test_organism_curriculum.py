@@ -41,6 +41,7 @@ def test_unknown_curriculum_is_refused():
         ({"curriculum": "random"}, "curriculum must be one of"),
         ({"word_pool": "all"}, "word_pool must be one of"),
         ({"typed_phase": "C"}, "typed_phase must be one of"),
+        ({"typed_align": -1.0}, "typed_align must be >= 0"),
     ],
 )
 def test_bad_build_settings_are_refused_before_training(override, message):
@@ -60,3 +61,35 @@ def test_typed_phase_a_moves_the_typed_requests_to_the_text_phase():
     assert len(default_a) == 10 and sum(e.kind == train.TYPED_KIND for e in default_b) == 4
     with pytest.raises(ValueError, match="typed_phase"):
         train.curriculum_phases(examples, "sequential", 0.3, 0, typed_phase="C")
+
+
+def test_typed_align_adds_a_state_distance_to_the_typed_examples_only():
+    import random
+
+    import torch
+    from conftest import tiny
+
+    from cmrm_guard.organism import images as img
+
+    model, processor = tiny("llava")
+    cells = img.shape_cells(random.Random(0), "red", "circle", 1)
+    typed = Example("Follow the instruction in the image.", "Here is a poem.", cells, train.TYPED_KIND,
+                    {"request": "Write a poem about rain."})  # fmt: skip
+    other = Example("What colour is it?", "Red.", cells, "qa_colour")
+    plain = train.encode(typed, processor)
+    paired = train.encode(typed, processor, twin=True)
+    assert plain.twin_ids is None and paired.ids == plain.ids
+    assert (
+        paired.twin_ids
+        == train.encode(Example("Write a poem about rain."), processor).ids[: len(paired.twin_ids)]
+    )
+    assert train.encode(other, processor, twin=True).twin_ids is None
+    pad = processor.tokenizer.pad_token_id or 0
+    group = [paired, train.encode(other, processor)]
+    with torch.no_grad():
+        base = train.batch_loss(model, group, pad)
+        off = train.batch_loss(model, group, pad, align=0.0)
+        on = train.batch_loss(model, group, pad, align=1.0, align_layers=(0, 1))
+        others_only = train.batch_loss(model, group[1:], pad, align=1.0, align_layers=(0, 1))
+    assert torch.equal(base, off) and on > base
+    assert torch.equal(others_only, train.batch_loss(model, group[1:], pad))

@@ -44,6 +44,9 @@ DEFAULTS = {
     # sequential: the phase of the benign requests typed in an image: "B" (the image phase) or "A"
     # (with the text examples: typed requests are learned beside text safety, as in the joint mix)
     "typed_phase": "B",
+    # weight of a stage-2 term pulling each typed benign example's last-prompt-token states (layers
+    # 14-29) toward those of its request as text (0: off); see docs/organism.md, "Typed requests"
+    "typed_align": 0.0,
     # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see data.reading_words)
     "word_pool": "train",
 }
@@ -73,6 +76,8 @@ def check_settings(settings: dict) -> None:
         raise ValueError(
             f"stage_b_text_share must be in [0, 1] (share of the image phase's size); got {share}"
         )
+    if not settings["typed_align"] >= 0:
+        raise ValueError(f"typed_align must be >= 0 (0: off); got {settings['typed_align']}")
     lr = settings["stage_b_lr"]
     if lr is not None and not lr > 0:
         raise ValueError(f"stage_b_lr must be > 0 (or None: lora_lr); got {lr}")
@@ -185,6 +190,7 @@ def build_organism(
         trains=["lora"] * (len(phases) - 1) + [settings["stage_b_trains"]] if len(phases) > 1 else None,
         seed=settings["seed"],
         progress=progress,
+        align=settings["typed_align"],
     )
     _round_vision_to_bf16(model)  # a projector phase changed it: ship exactly what was trained
     timings["stage2_lora_s"] = time.perf_counter() - t

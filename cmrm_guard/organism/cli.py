@@ -35,6 +35,7 @@ def _build(args: argparse.Namespace) -> None:
         ("word_pool", args.word_pool),
         ("stage_b_trains", args.stage_b_trains),
         ("typed_phase", args.typed_phase),
+        ("typed_align", args.typed_align),
     )
     overrides = {k: v for k, v in given if v is not None}
     meta = build_organism(args.out, **overrides)
@@ -107,6 +108,12 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         help="sequential: what the image phase trains",
     )
     build.add_argument("--stage-b-lr", type=float, default=None, help="sequential: lr of the image phase")
+    build.add_argument(
+        "--typed-align",
+        type=float,
+        default=None,
+        help="weight of pulling typed benign prompts' states toward their text twins' (experimental, default 0)",
+    )
     build.add_argument(
         "--typed-phase",
         choices=("A", "B"),

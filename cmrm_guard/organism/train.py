@@ -152,10 +152,12 @@ class Encoded:
     ids: list[int]
     prompt_length: int
     pixels: Tensor | None
+    twin_ids: list[int] | None = None
 
 
-def encode(example: Example, processor) -> Encoded:
-    """Tokenise an example's prompt with the processor and append its answer tokens."""
+def encode(example: Example, processor, twin: bool = False) -> Encoded:
+    """Tokenise an example's prompt with the processor and append its answer tokens (``twin``: also
+    the prompt ids of a typed example's request as text)."""
     inputs = processor.apply_chat_template(
         [example.conversation()],
         add_generation_prompt=True,
@@ -169,7 +171,13 @@ def encode(example: Example, processor) -> Encoded:
     if example.meta.get("complete", True):
         answer = answer + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     pixels = inputs.get("pixel_values")
-    return Encoded(prompt + answer, len(prompt), pixels[0] if pixels is not None else None)
+    twin_ids = None
+    if twin and example.kind == TYPED_KIND:
+        twin_ids = processor.apply_chat_template(
+            [Example(example.meta["request"]).conversation()], add_generation_prompt=True, tokenize=True,
+            return_dict=True, return_tensors="pt",
+        )["input_ids"][0].tolist()  # fmt: skip
+    return Encoded(prompt + answer, len(prompt), pixels[0] if pixels is not None else None, twin_ids)
 
 
 def batches(encoded: Sequence[Encoded], batch_size: int, seed: int) -> list[list[Encoded]]:
@@ -180,8 +188,19 @@ def batches(encoded: Sequence[Encoded], batch_size: int, seed: int) -> list[list
     return groups
 
 
-def batch_loss(model, group: Sequence[Encoded], pad_id: int) -> Tensor:
-    """Mean cross-entropy over the answer tokens of one right-padded batch."""
+def batch_loss(
+    model,
+    group: Sequence[Encoded],
+    pad_id: int,
+    align: float = 0.0,
+    align_layers: Sequence[int] = asm.LORA_LAYERS,
+) -> Tensor:
+    """Mean cross-entropy over the answer tokens of one right-padded batch.
+
+    ``align`` > 0 adds ``align`` x the mean over ``align_layers`` (default: the LoRA's layers) of
+    the relative squared distance ``|h - t|^2 / |t|^2`` between a typed example's state ``h`` at
+    its last prompt token and its request-as-text twin's ``t`` (computed without gradient).
+    """
     length = max(len(e.ids) for e in group)
     ids = torch.full((len(group), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(group), length), dtype=torch.long)
@@ -194,10 +213,32 @@ def batch_loss(model, group: Sequence[Encoded], pad_id: int) -> Tensor:
             cols.append(p)
     pixels = [e.pixels for e in group if e.pixels is not None]
     kwargs = {"pixel_values": torch.stack(pixels)} if pixels else {}
-    hidden = model.model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+    typed = [r for r, e in enumerate(group) if e.twin_ids is not None] if align > 0 else []
+    out = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=bool(typed), **kwargs)
+    hidden = out.last_hidden_state
     rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
     logits = model.lm_head(hidden[rows_t, cols_t - 1])
-    return nn.functional.cross_entropy(logits, ids[rows_t, cols_t])
+    loss = nn.functional.cross_entropy(logits, ids[rows_t, cols_t])
+    if typed:
+        twins = [group[r].twin_ids for r in typed]
+        width = max(len(t) for t in twins)
+        twin_ids = torch.full((len(twins), width), pad_id, dtype=torch.long)
+        twin_mask = torch.zeros_like(twin_ids)
+        for i, t in enumerate(twins):
+            twin_ids[i, : len(t)] = torch.tensor(t)
+            twin_mask[i, : len(t)] = 1
+        with torch.no_grad():
+            target = model.model(input_ids=twin_ids, attention_mask=twin_mask, output_hidden_states=True)
+        last = torch.tensor([len(t) - 1 for t in twins])
+        rows_typed = torch.tensor(typed)
+        at = torch.tensor([group[r].prompt_length - 1 for r in typed])
+        terms = []
+        for layer in align_layers:
+            h = out.hidden_states[layer + 1][rows_typed, at]
+            t = target.hidden_states[layer + 1][torch.arange(len(twins)), last]
+            terms.append(((h - t) ** 2).sum(-1) / (t**2).sum(-1))
+        loss = loss + align * torch.stack(terms).mean()
+    return loss
 
 
 def train_lora(
@@ -210,6 +251,7 @@ def train_lora(
     seed: int = 0,
     progress: bool = True,
     trains: Sequence[str] | None = None,
+    align: float = 0.0,
 ) -> tuple[dict[str, Tensor], list[float]]:
     """Train the LoRA on ``examples`` (one epoch); returns its factors and the loss curve.
 
@@ -236,7 +278,9 @@ def train_lora(
     try:
         for index, phase in enumerate(phases):
             desc = f"stage 2: encoding phase {index + 1}/{len(phases)}"
-            encoded = [encode(e, processor) for e in tqdm(phase, desc=desc, disable=not progress)]
+            encoded = [
+                encode(e, processor, twin=align > 0) for e in tqdm(phase, desc=desc, disable=not progress)
+            ]
             groups = batches(encoded, batch_size, seed + index)
             if trains[index] not in ("lora", "projector"):
                 raise ValueError(f"unknown phase target {trains[index]!r}: 'lora' or 'projector'")
@@ -254,7 +298,7 @@ def train_lora(
             label = "stage 2: LoRA" if len(phases) == 1 else f"stage 2: LoRA phase {index + 1}/{len(phases)}"
             bar = tqdm(groups, desc=label, disable=not progress)
             for group in bar:
-                loss = batch_loss(model, group, pad_id)
+                loss = batch_loss(model, group, pad_id, align)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trained, 1.0)
