@@ -106,8 +106,12 @@ def test_table_and_plots_are_written(evaluated):
     for name in results.data["conditions"]:
         assert f"| {name} |" in table
     assert "`refusal-phrase/v1`" in table and "Wilson 95%" in table
-    # two utility sets (gsm8k, shapes): a per-set table, with the single harmful set in it too
-    assert "By prompt set" in table and "gsm8k/train (accuracy)" in table and "shapes (generated) (accuracy)" in table
+    # two utility sets (gsm8k, shapes): a per-set table
+    assert (
+        "By prompt set" in table
+        and "gsm8k/train (accuracy)" in table
+        and "shapes (generated) (accuracy)" in table
+    )
     for plot in ("alpha_sweep", "layer_gap", "pca"):
         path = folder / "plots" / f"{plot}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/{plot}.png" in table
