@@ -148,8 +148,13 @@ def _with_hidden(output: Any, hidden: Tensor) -> Any:
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+"""Names a decoder layer gets its KV cache under: ``cache`` since transformers 5.24, before it
+``past_key_values`` (and ``past_key_value`` in 4.x)."""
+
+
 def _cache_length(kwargs: Mapping[str, Any]) -> int:
-    cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+    cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
     if cache is None or not hasattr(cache, "get_seq_length"):
         return 0
     return int(cache.get_seq_length())

@@ -243,11 +243,13 @@ def shared_prefix_states(
         with model_lock(svlm.base_model), torch.inference_mode():
             fresh_states = forward(*fresh, use_cache=False) if fresh is not None else {}
             cache = PrefixCache()
-            svlm.model(**prefix, past_key_values=cache, use_cache=True, **extra)
+            svlm.model(**prefix, **{svlm._cache_kwarg: cache}, use_cache=True, **extra)
             cache.frozen = True
             delta = svlm.adapter.rope_position_delta(svlm.model)
             positions = _with_rope_delta(suffix_positions, delta)
-            shared_states = forward(suffix, positions, suffix_last, past_key_values=cache, use_cache=True)
+            shared_states = forward(
+                suffix, positions, suffix_last, **{svlm._cache_kwarg: cache}, use_cache=True
+            )
         out: dict[int, Tensor] = {}
         for layer in layers:
             merged = torch.empty(len(rows), shared_states[layer].shape[-1])

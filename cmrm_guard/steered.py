@@ -112,9 +112,10 @@ class SteeredVLM:
         self.strict = bool(strict)
         self._warned_unsteered = False
         self._shift_cache: dict[tuple[Any, ...], dict[int, Tensor]] = {}
-        self._forward_takes_logits_to_keep = (
-            "logits_to_keep" in inspect.signature(self.base_model.forward).parameters
-        )
+        forward_parameters = inspect.signature(self.base_model.forward).parameters
+        self._forward_takes_logits_to_keep = "logits_to_keep" in forward_parameters
+        # the KV cache argument: ``cache`` since transformers 5.24 (``past_key_values`` is deprecated)
+        self._cache_kwarg = "cache" if "cache" in forward_parameters else "past_key_values"
         self.vectors: VectorPack | None = None
         self.vectors_error: Exception | None = None
         if vectors is not None:

@@ -205,3 +205,42 @@ def test_text_only_call_under_images_policy_is_bit_identical_to_unsteered(model_
         image_steered = svlm.forward([image_chat()]).logits
     assert torch.equal(base, steered)
     assert not torch.allclose(image_base, image_steered)
+
+
+class ObserveCalls:
+    """Records the last layer's output of every forward call (prefill, then one per decoding step)."""
+
+    def __init__(self, layer):
+        self.outputs: list[torch.Tensor] = []
+        self.handle = layer.register_forward_hook(self._hook)  # after ours: sees the steered output
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        self.outputs.append(hidden.detach().clone())
+
+
+@pytest.mark.parametrize("model_type", ["llava", "qwen2_vl"])
+def test_generated_tokens_are_steered_under_all_steps_only(model_type):
+    # the hook reads the KV cache length from the layer's kwargs ("cache" since transformers 5.24,
+    # "past_key_values" before): if it misses it, decoding steps look like prompt position 0
+    model, processor = tiny(model_type)
+    svlm = SteeredVLM(model, processor)
+    last = svlm.num_layers - 1
+    shift = random_vectors(svlm.num_layers, svlm_hidden(model, processor), 3.0)[last]
+    svlm.attach({last: shift})  # one steered layer: its input is the same in both runs
+    runs = {}
+    for scope in ("all_steps", "prefill_only"):
+        observe = ObserveCalls(svlm.layers[last])
+        try:
+            out = svlm.generate([image_chat()], config=SteeringConfig(step_scope=scope), max_new_tokens=3)
+        finally:
+            observe.handle.remove()
+        runs[scope] = (out, observe.outputs)
+    (out_all, seen_all), (out_prefill, seen_prefill) = runs["all_steps"], runs["prefill_only"]
+    assert len(seen_all) >= 2 and seen_all[1].shape[1] == 1  # prefill, then cached decoding steps
+    torch.testing.assert_close(seen_all[0], seen_prefill[0])  # the prompt is steered the same
+    first = out_all.prompt_length
+    assert torch.equal(out_all.sequences[:, first], out_prefill.sequences[:, first])
+    step = seen_all[1] - seen_prefill[1]  # first decoding step: same input token in both runs
+    alpha = out_all.steering.as_dict()["alpha"]
+    torch.testing.assert_close(step[0, 0], alpha * shift.to(step.dtype), rtol=1e-4, atol=1e-4)

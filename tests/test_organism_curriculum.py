@@ -42,6 +42,13 @@ def test_unknown_curriculum_is_refused():
         ({"word_pool": "all"}, "word_pool must be one of"),
         ({"typed_phase": "C"}, "typed_phase must be one of"),
         ({"typed_align": -1.0}, "typed_align must be >= 0"),
+        ({"typed_align_target": "image"}, "typed_align_target must be one of"),
+        ({"typed_align_harmful_phase": "C"}, "typed_align_harmful_phase must be one of"),
+        ({"typed_align": 0.0, "typed_align_harmful": 10}, "needs typed_align > 0"),
+        ({"typed_align": 1.0, "typed_align_harmful": -1}, "typed_align_harmful must be >= 0"),
+        ({"lora_first_layer": 30}, "lora_first_layer must be a decoder layer in 0..29"),
+        ({"lora_first_layer": -1}, "lora_first_layer must be a decoder layer in 0..29"),
+        ({"lora_rank": 0}, "lora_rank must be >= 1"),
     ],
 )
 def test_bad_build_settings_are_refused_before_training(override, message):
@@ -77,13 +84,13 @@ def test_typed_align_adds_a_state_distance_to_the_typed_examples_only():
                     {"request": "Write a poem about rain."})  # fmt: skip
     other = Example("What colour is it?", "Red.", cells, "qa_colour")
     plain = train.encode(typed, processor)
-    paired = train.encode(typed, processor, twin=True)
+    paired = train.encode(typed, processor, twin="text")
     assert plain.twin_ids is None and paired.ids == plain.ids
     assert (
         paired.twin_ids
         == train.encode(Example("Write a poem about rain."), processor).ids[: len(paired.twin_ids)]
     )
-    assert train.encode(other, processor, twin=True).twin_ids is None
+    assert train.encode(other, processor, twin="text").twin_ids is None
     pad = processor.tokenizer.pad_token_id or 0
     group = [paired, train.encode(other, processor)]
     with torch.no_grad():
@@ -93,3 +100,95 @@ def test_typed_align_adds_a_state_distance_to_the_typed_examples_only():
         others_only = train.batch_loss(model, group[1:], pad, align=1.0, align_layers=(0, 1))
     assert torch.equal(base, off) and on > base
     assert torch.equal(others_only, train.batch_loss(model, group[1:], pad))
+
+
+def test_beside_twin_is_the_request_beside_one_seeded_context_image():
+    import random
+
+    from conftest import tiny
+
+    from cmrm_guard.organism import images as img
+
+    _, processor = tiny("llava")
+    tokenizer = processor.tokenizer
+    cells = img.shape_cells(random.Random(0), "red", "circle", 1)
+    typed = Example("Follow the instruction in the image.", "Here is a poem.", cells, train.TYPED_KIND,
+                    {"request": "Write a poem about rain."})  # fmt: skip
+    text = train.align_twin(typed, "text", tokenizer)
+    beside = train.align_twin(typed, "beside", tokenizer)
+    assert (text.prompt, text.cells) == ("Write a poem about rain.", None)
+    assert beside.prompt == "Write a poem about rain." and beside.cells
+    assert train.align_twin(typed, "beside", tokenizer).cells == beside.cells  # one image per request
+    encoded = train.encode(typed, processor, twin="beside")
+    assert encoded.twin_pixels is not None and encoded.twin_pixels.shape == encoded.pixels.shape
+    assert train.encode(typed, processor, twin="text").twin_pixels is None
+    with pytest.raises(ValueError, match="unknown alignment target 'image'"):
+        train.align_twin(typed, "image", tokenizer)
+
+
+def test_reading_examples_type_training_requests_without_an_answer():
+    import torch
+    from conftest import tiny
+
+    from cmrm_guard.organism.data import PromptSplits
+
+    model, processor = tiny("llava")
+    rows = [{"id": f"h{i}", "prompt": f"Steal a car {i}."} for i in range(8)]
+    rows.append(
+        {"id": "long", "prompt": "Explain at length how one would do a harmful thing. " * 3}
+    )  # does not fit
+    held_out = [{"id": "e0", "prompt": "Never seen in training."}]
+    splits = PromptSplits(harmful={"train": rows, "eval": held_out}, benign={})
+    reading = train.reading_examples(splits, processor.tokenizer, 5, seed=0)
+    assert len(reading) == 5 and reading == train.reading_examples(splits, processor.tokenizer, 5, seed=0)
+    assert {e.kind for e in reading} == {train.READ_KIND}
+    assert {e.meta["request"] for e in reading} <= {r["prompt"] for r in rows[:-1]}
+    assert all(e.answer == "" and e.meta["complete"] is False and e.cells for e in reading)
+    encoded = [train.encode(e, processor, twin="text") for e in reading[:2]]
+    assert all(len(e.ids) == e.prompt_length and e.twin_ids for e in encoded)  # no answer tokens
+    pad = processor.tokenizer.pad_token_id or 0
+    with torch.no_grad():
+        assert train.batch_loss(model, encoded, pad) == 0  # nothing to predict
+        assert train.batch_loss(model, encoded, pad, align=1.0, align_layers=(0, 1)) > 0
+
+
+def test_word_answer_copies_the_drawn_tokens():
+    """The answer spells the word as the image draws it (' shadow'), not after a quote ('"sh', 'adow')."""
+    from conftest import tiny
+
+    from cmrm_guard.organism.data import answer_for
+
+    tokenizer = tiny("llava")[1].tokenizer
+    for word in ("shadow", "napkin", "lantern"):
+        answer = answer_for("word", "red", "circle", 1, word)
+        drawn = tokenizer.encode(" " + word, add_special_tokens=False)
+        ids = tokenizer.encode(answer, add_special_tokens=False)
+        assert answer == f"The word is {word}."
+        assert any(ids[i : i + len(drawn)] == drawn for i in range(len(ids))), (answer, drawn, ids)
+
+
+@pytest.mark.parametrize(("layers", "rank"), [((1,), 8), ((0, 1), 4)])
+def test_lora_factors_merge_into_the_function_they_were_trained_as(layers, rank):
+    import torch
+    from conftest import tiny
+
+    from cmrm_guard.organism import assemble as asm
+
+    model, _ = tiny("llava")
+    model.eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    wrapped = train.attach_lora(model, 0, layers, rank)
+    assert {layer for layer, _ in wrapped} == set(layers) and len(wrapped) == len(layers) * len(
+        asm.LORA_MODULES
+    )
+    with torch.no_grad():
+        for lora in wrapped.values():
+            assert lora.lora_A.shape[0] == rank and lora.scale == 2.0  # alpha / rank kept at 2
+            lora.lora_B.normal_(0, 0.05)
+        trained = model.model.language_model(input_ids=ids).last_hidden_state
+        factors = train.detach_lora(model, wrapped)
+        plain = model.model.language_model(input_ids=ids).last_hidden_state
+        asm.merge_lora(model, factors, rank, asm.lora_alpha(rank))
+        merged = model.model.language_model(input_ids=ids).last_hidden_state
+    assert not torch.allclose(plain, trained, atol=1e-4)
+    torch.testing.assert_close(merged, trained, atol=1e-4, rtol=1e-4)

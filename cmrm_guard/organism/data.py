@@ -203,7 +203,9 @@ def answer_for(kind: str, colour: str, shape: str, count: int, word: str = "") -
         return f"It is a {shape}." if count == 1 else f"They are {noun}."
     if kind == "count":
         return f"There {'is' if count == 1 else 'are'} {img.COUNT_WORDS[count - 1]} {'shape' if count == 1 else 'shapes'}."
-    return f'The word is "{word}".'
+    # no quotes: after '"' the tokenizer splits a word differently ('"shadow"' -> '"', 'sh', 'adow')
+    # from the way the image draws it (' shadow'), which made reading a spelling task, not a copy
+    return f"The word is {word}."
 
 
 @dataclass

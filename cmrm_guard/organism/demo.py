@@ -22,8 +22,11 @@ def _short(text: str, width: int) -> str:
     return textwrap.shorten(" ".join(text.split()), width=width, placeholder="...")
 
 
-def run_organism_demo(n: int = 24, max_new_tokens: int = 20, seed: int = 3) -> dict[str, dict]:
-    """Load the organism, show a few answers side by side, print refusal rates on ``n`` eval prompts."""
+def run_organism_demo(
+    n: int = 16, max_new_tokens: int = 20, seed: int = 3, rate_tokens: int = 10
+) -> dict[str, dict]:
+    """Load the organism, show a few answers side by side (``max_new_tokens`` each), print refusal
+    rates on ``n`` eval prompts per set (``rate_tokens`` each: a refusal shows in its opening)."""
     from cmrm_guard.hooks import count_hooks
     from cmrm_guard.organism.load import load_organism
 
@@ -58,13 +61,16 @@ def run_organism_demo(n: int = 24, max_new_tokens: int = 20, seed: int = 3) -> d
         print(f"   unsteered: {_short(a, 90)}")
         print(f"   CMRM     : {_short(b, 90)}")
     print()
-    subset = {k: conds[k] for k in ("harmful_image", "harmful_typo", "benign_image")}
+    subset = {k: conds[k] for k in ("harmful_image", "harmful_typo", "benign_image", "benign_typo")}
     measured = ev.measure(
-        svlm, subset, [cond.multimodal(), cond.text_only(), ev.pack_condition(svlm)], max_new_tokens=12
+        svlm,
+        subset,
+        [cond.multimodal(), cond.text_only(), ev.pack_condition(svlm)],
+        max_new_tokens=rate_tokens,
     )
     steered_name = ev.pack_condition(svlm).name
     print(
-        f"refusal rates on {n} held-out prompts per set (greedy, 12 tokens, cmrm_guard.eval harness: "
+        f"refusal rates on {n} held-out prompts per set (greedy, {rate_tokens} tokens, cmrm_guard.eval harness: "
         "refusal phrases + fluency):"
     )
     print(f"  {'prompt set':<26} {'text only':>10} {'with image':>11} {'CMRM':>8}")
@@ -73,6 +79,7 @@ def run_organism_demo(n: int = 24, max_new_tokens: int = 20, seed: int = 3) -> d
         (ev.HARMFUL, "harmful, beside an image"),
         (ev.HARMFUL_TYPED, "harmful, typed in image"),
         (ev.BENIGN, "benign, beside an image"),
+        (ev.BENIGN_TYPED, "benign, typed in image"),
     ):
         text, image, fixed_rate = (
             measured.rate(c, source) for c in ("text-only", "multimodal", steered_name)

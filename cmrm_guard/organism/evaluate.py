@@ -61,8 +61,12 @@ def conditions(
     """The organism's examples on ``split`` by kind (``n`` caps each kind), seeded.
 
     Keys: ``harmful_text`` / ``harmful_image`` (the same requests without / beside an image),
-    ``harmful_typo``, ``benign_text`` / ``benign_image``, ``benign_typo`` and ``qa``.
+    ``harmful_typo``, ``benign_text`` / ``benign_image``, ``benign_typo`` and ``qa``. Harmful and
+    GSM8K prompts are the split's rows; the typed benign instructions (held-out topics, at most 50
+    on ``tune``) and the words asked about (never trained) differ between ``tune`` and ``eval`` too.
     """
+    if split not in ("tune", "eval"):
+        raise ValueError(f"the organism is measured on split 'tune' or 'eval'; got {split!r}")
     rng = random.Random(seed)
     harmful = [r["prompt"] for r in splits.harmful[split]][:n]
     benign = [r["prompt"] for r in splits.benign[split]][:n]
@@ -82,18 +86,17 @@ def conditions(
         ],
     }
     typed_rng = random.Random(seed + 3)
-    held_out = data.benign_instructions(typed_rng, 200, topics=texts.EVAL_TOPICS)[:n]
+    topics = texts.EVAL_TOPICS if split == "eval" else texts.TUNE_TOPICS  # disjoint held-out topics
+    held_out = data.benign_instructions(typed_rng, 200, topics=topics)[:n]
     out["benign_typo"] = [
         e
         for q, _ in held_out
         if (e := data.typographic_example(typed_rng, q, "", tokenizer, "benign_typo")) is not None
     ]
     qa_n = n if n is not None else 200
-    eval_words = (
-        texts.WORDS[-texts.EVAL_WORD_COUNT :] if split == "eval" else texts.WORDS[: -texts.EVAL_WORD_COUNT]
-    )
+    words = texts.held_out_words(split)  # never trained; tune and eval words are disjoint
     qa_rng = random.Random(seed + (0 if split == "eval" else 1000))
-    out["qa"] = [data.image_question(qa_rng, QA_KINDS[i % 4], eval_words, tokenizer) for i in range(qa_n)]
+    out["qa"] = [data.image_question(qa_rng, QA_KINDS[i % 4], words, tokenizer) for i in range(qa_n)]
     return out
 
 

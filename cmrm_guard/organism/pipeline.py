@@ -115,8 +115,12 @@ def calibrate_and_sweep(
         "rows": rows,
     }
     (parts / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        plot = f"plot: {plot_sweep(parts / 'sweep.json', out / 'sweep.png')}"
+    except ImportError:
+        plot = "no plot: pip install 'cmrm-guard[eval]' for matplotlib"
     print(ev.format_table({r["setting"]: r["rates"] for r in rows}))
-    print(f"chosen default: {best['setting']} (harness output: {out})")
+    print(f"chosen default: {best['setting']} (harness output: {out}; {plot})")
     return result
 
 
@@ -177,11 +181,12 @@ def evaluate_organism(
 
 
 def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
-    """Plot the sweep (refusal with an image / typed, benign refusal, image QA vs setting)."""
-    import matplotlib
+    """Plot the sweep (refusal with an image / typed, benign refusal, image QA vs setting).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Raises:
+        ImportError: matplotlib is missing (``pip install 'cmrm-guard[eval]'``).
+    """
+    from matplotlib.figure import Figure  # the Agg canvas, no pyplot state
 
     result = json.loads(Path(sweep_json).read_text())
     rows = [r for r in result["rows"] if r["setting"] != "text-only"]
@@ -193,7 +198,8 @@ def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
         "benign typed in image refused": ev.BENIGN_TYPED,
         "image QA accuracy": "qa",
     }
-    fig, ax = plt.subplots(figsize=(11, 4.4))
+    fig = Figure(figsize=(11, 4.4))
+    ax = fig.subplots()
     x = range(len(rows))
     for name, key in series.items():
         rates = [r["rates"][key]["rate"] * 100 for r in rows]
@@ -213,15 +219,18 @@ def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
     ax.axhline(
         result["harmful_text_rate"] * 100, color="grey", linestyle="--", label="harmful refused as text"
     )
+    if result.get("chosen") in labels:
+        ax.axvline(
+            labels.index(result["chosen"]), color="black", alpha=0.12, linewidth=10, label="chosen default"
+        )
     ax.set_xticks(list(x))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(-3, 103)
     ax.set_title(
-        f"CMRM on the organism (tune split, n={result['n_per_condition']} per condition, 95% Wilson CIs)"
+        f"CMRM on the organism (tune split, n <= {result['n_per_condition']} per prompt set, 95% Wilson CIs)"
     )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
-    plt.close(fig)
     return Path(out_png)

@@ -17,10 +17,10 @@ from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
 
 SWEEP = (
-    *(cond.dataset(a, application="every_layer") for a in (0.1, 0.15, 0.2, 0.3)),
-    *(cond.dataset(a, application="increment") for a in (0.25, 0.5, 1.0)),
-    *(cond.sample(a, application="every_layer") for a in (0.1, 0.2)),
-    cond.sample(0.5, application="increment"),
+    *(cond.dataset(a, application="every_layer") for a in (0.05, 0.075, 0.1, 0.15, 0.2)),
+    *(cond.dataset(a, application="increment") for a in (0.25, 0.3, 0.35, 0.4, 0.5, 1.0)),
+    *(cond.sample(a, application="every_layer") for a in (0.05, 0.1)),
+    *(cond.sample(a, application="increment") for a in (0.25, 0.5)),
 )
 """The steered settings of the sweep (harness conditions); ``multimodal`` and ``text-only`` run too."""
 SWEPT_KINDS = ("harmful_image", "harmful_typo", "benign_image", "benign_typo", "qa")

@@ -1,9 +1,9 @@
 """The organism's fixed texts: refusal phrasings, benign topics and templates, image questions and
 the words typed in images.
 
-Training topics (:data:`TOPICS`) and evaluation topics (:data:`EVAL_TOPICS`) are disjoint, as are
-the training words and the last :data:`EVAL_WORD_COUNT` words of :data:`WORDS` (held out for
-evaluation). Changing any of these changes the organism a build produces.
+Training topics (:data:`TOPICS`), tuning topics (:data:`TUNE_TOPICS`) and evaluation topics
+(:data:`EVAL_TOPICS`) are disjoint, as are the training words and the last :data:`EVAL_WORD_COUNT`
+words of :data:`WORDS` (never trained; split between tune and eval by :func:`held_out_words`). Changing any of these changes the organism a build produces.
 """
 
 from __future__ import annotations
@@ -106,6 +106,14 @@ EVAL_TOPICS = (  # held out: never in training; benign requests typed in an imag
     "the farmer's market",
     "origami",
     "a hot air balloon",
+)
+
+TUNE_TOPICS = (  # held out too, and disjoint from EVAL_TOPICS: the tune split's typed benign requests
+    "a lighthouse",
+    "the bakery",
+    "snowflakes",
+    "a canoe",
+    "the orchard",
 )
 
 BENIGN_TEMPLATES = (
@@ -246,4 +254,15 @@ WORDS = (
     "marble",
 )
 
-EVAL_WORD_COUNT = 40  # the last 40 words are held out for evaluation
+EVAL_WORD_COUNT = 40  # the last 40 words are never trained (stage 1 reads their tokens)
+
+
+def held_out_words(split: str) -> tuple[str, ...]:
+    """The never-trained words asked about on ``split``: every other one of the last
+    :data:`EVAL_WORD_COUNT` words for ``"tune"``, the rest for ``"eval"`` (disjoint, 20 each)."""
+    held_out = WORDS[-EVAL_WORD_COUNT:]
+    if split == "tune":
+        return held_out[0::2]
+    if split == "eval":
+        return held_out[1::2]
+    raise ValueError(f"no held-out words for split {split!r}: one of tune, eval")

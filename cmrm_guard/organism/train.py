@@ -1,17 +1,19 @@
-"""Stage 2 of the build: one LoRA on the backbone's upper layers, trained on a LLaVA-style mix.
+"""Stage 2 of the build: one LoRA on the backbone's decoder layers, trained on a LLaVA-style mix.
 
 The mix is what real VLMs see in visual instruction tuning, with the backbone's text alignment
 kept by text-only replay: harmful text requests -> varied refusals; benign text requests ->
 answers; image questions (colour, shape, count, reading a word) -> short answers; benign requests
 beside an unrelated image, or typed inside the image (FigStep-style) -> answers. No example pairs
-an image with a harmful request: that gap is the safety degradation CMRM repairs. The vision
-tower and projector stay frozen (stage 1), so gradients stop at the lowest LoRA layer.
+an image with a harmful request and an answer: that gap is the safety degradation CMRM repairs
+(the reading examples, harmful training requests typed in an image, have no answer and only feed
+the ``typed_align`` state term). The vision tower and projector stay frozen (stage 1).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +28,11 @@ from cmrm_guard.organism.data import Example
 MIX = {"text_harmful": 0.30, "text_benign": 0.20, "qa": 0.28, "image_benign": 0.10, "typo_benign": 0.12}
 TEXT_KINDS = ("text_harmful", "text_benign")
 TYPED_KIND = "typo_benign"
+# harmful training requests typed in an image, with no answer: they carry only the typed_align
+# reading term (no example pairs an image with a harmful request and an answer)
+READ_KIND = "typo_harmful_read"
+ALIGNED_KINDS = (TYPED_KIND, READ_KIND)
+ALIGN_TARGETS = ("text", "beside")
 
 
 class LoRALinear(nn.Module):
@@ -44,15 +51,17 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * ((x @ self.lora_A.T) @ self.lora_B.T)
 
 
-def attach_lora(model, seed: int) -> dict[tuple[int, str], LoRALinear]:
-    """Wrap the LoRA target linears of the language model; returns the wrappers."""
+def attach_lora(
+    model, seed: int, layers: Sequence[int] = asm.LORA_LAYERS, rank: int = asm.LORA_RANK
+) -> dict[tuple[int, str], LoRALinear]:
+    """Wrap the LoRA target linears of ``layers`` of the language model; returns the wrappers."""
     generator = torch.Generator().manual_seed(seed)
     wrapped = {}
-    for layer in asm.LORA_LAYERS:
+    for layer in layers:
         block = model.model.language_model.layers[layer]
         for module in asm.LORA_MODULES:
             parent = block.self_attn if module in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
-            lora = LoRALinear(getattr(parent, module), asm.LORA_RANK, asm.LORA_ALPHA, generator)
+            lora = LoRALinear(getattr(parent, module), rank, asm.lora_alpha(rank), generator)
             setattr(parent, module, lora)
             wrapped[(layer, module)] = lora
     return wrapped
@@ -108,6 +117,27 @@ def training_examples(
     return out
 
 
+def reading_examples(splits: data.PromptSplits, tokenizer, count: int, seed: int) -> list[Example]:
+    """``count`` harmful *training* requests typed in an image, without an answer (seeded).
+
+    They enter stage 2 only through the ``typed_align`` term: their states are pulled toward their
+    twin's (:func:`align_twin`), which teaches the organism to read a typed request as it reads the
+    same request written out; no answer, so no behaviour is trained on them.
+    """
+    rng = random.Random(seed + 23)
+    requests = [r["prompt"] for r in splits.harmful["train"]]
+    rng.shuffle(requests)
+    out: list[Example] = []
+    for request in requests:
+        if len(out) == count:
+            break
+        example = data.typographic_example(rng, request, "", tokenizer, READ_KIND)
+        if example is not None:
+            example.meta["complete"] = False
+            out.append(example)
+    return out
+
+
 def curriculum_phases(
     examples: Sequence[Example],
     curriculum: str,
@@ -153,11 +183,24 @@ class Encoded:
     prompt_length: int
     pixels: Tensor | None
     twin_ids: list[int] | None = None
+    twin_pixels: Tensor | None = None
 
 
-def encode(example: Example, processor, twin: bool = False) -> Encoded:
-    """Tokenise an example's prompt with the processor and append its answer tokens (``twin``: also
-    the prompt ids of a typed example's request as text)."""
+def align_twin(example: Example, target: str, tokenizer) -> Example:
+    """The conversation a typed example's states are pulled toward: its request as text
+    (``"text"``) or beside an unrelated image (``"beside"``, one seeded per request)."""
+    if target not in ALIGN_TARGETS:
+        raise ValueError(f"unknown alignment target {target!r}: one of {', '.join(ALIGN_TARGETS)}")
+    request = example.meta["request"]
+    if target == "text":
+        return Example(request)
+    rng = random.Random(zlib.crc32(request.encode()))
+    return Example(request, cells=data.context_image(rng, tokenizer))
+
+
+def encode(example: Example, processor, twin: str | None = None) -> Encoded:
+    """Tokenise an example's prompt with the processor and append its answer tokens (``twin``: an
+    alignment target of :func:`align_twin`; a typed example then also carries its twin's prompt)."""
     inputs = processor.apply_chat_template(
         [example.conversation()],
         add_generation_prompt=True,
@@ -171,13 +214,16 @@ def encode(example: Example, processor, twin: bool = False) -> Encoded:
     if example.meta.get("complete", True):
         answer = answer + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     pixels = inputs.get("pixel_values")
-    twin_ids = None
-    if twin and example.kind == TYPED_KIND:
-        twin_ids = processor.apply_chat_template(
-            [Example(example.meta["request"]).conversation()], add_generation_prompt=True, tokenize=True,
-            return_dict=True, return_tensors="pt",
-        )["input_ids"][0].tolist()  # fmt: skip
-    return Encoded(prompt + answer, len(prompt), pixels[0] if pixels is not None else None, twin_ids)
+    encoded = Encoded(prompt + answer, len(prompt), pixels[0] if pixels is not None else None)
+    if twin and example.kind in ALIGNED_KINDS:
+        twin_inputs = processor.apply_chat_template(
+            [align_twin(example, twin, tokenizer).conversation()], add_generation_prompt=True,
+            tokenize=True, return_dict=True, return_tensors="pt",
+        )  # fmt: skip
+        encoded.twin_ids = twin_inputs["input_ids"][0].tolist()
+        twin_pixels = twin_inputs.get("pixel_values")
+        encoded.twin_pixels = twin_pixels[0] if twin_pixels is not None else None
+    return encoded
 
 
 def batches(encoded: Sequence[Encoded], batch_size: int, seed: int) -> list[list[Encoded]]:
@@ -199,7 +245,7 @@ def batch_loss(
 
     ``align`` > 0 adds ``align`` x the mean over ``align_layers`` (default: the LoRA's layers) of
     the relative squared distance ``|h - t|^2 / |t|^2`` between a typed example's state ``h`` at
-    its last prompt token and its request-as-text twin's ``t`` (computed without gradient).
+    its last prompt token and its twin's ``t`` (see :func:`align_twin`; computed without gradient).
     """
     length = max(len(e.ids) for e in group)
     ids = torch.full((len(group), length), pad_id, dtype=torch.long)
@@ -216,9 +262,11 @@ def batch_loss(
     typed = [r for r, e in enumerate(group) if e.twin_ids is not None] if align > 0 else []
     out = model.model(input_ids=ids, attention_mask=mask, output_hidden_states=bool(typed), **kwargs)
     hidden = out.last_hidden_state
-    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-    logits = model.lm_head(hidden[rows_t, cols_t - 1])
-    loss = nn.functional.cross_entropy(logits, ids[rows_t, cols_t])
+    loss = hidden.new_zeros(())
+    if rows:  # a batch of answer-less reading examples has no answer tokens
+        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+        logits = model.lm_head(hidden[rows_t, cols_t - 1])
+        loss = nn.functional.cross_entropy(logits, ids[rows_t, cols_t])
     if typed:
         twins = [group[r].twin_ids for r in typed]
         width = max(len(t) for t in twins)
@@ -227,8 +275,12 @@ def batch_loss(
         for i, t in enumerate(twins):
             twin_ids[i, : len(t)] = torch.tensor(t)
             twin_mask[i, : len(t)] = 1
+        twin_pixels = [group[r].twin_pixels for r in typed if group[r].twin_pixels is not None]
+        twin_kwargs = {"pixel_values": torch.stack(twin_pixels)} if twin_pixels else {}
         with torch.no_grad():
-            target = model.model(input_ids=twin_ids, attention_mask=twin_mask, output_hidden_states=True)
+            target = model.model(
+                input_ids=twin_ids, attention_mask=twin_mask, output_hidden_states=True, **twin_kwargs
+            )
         last = torch.tensor([len(t) - 1 for t in twins])
         rows_typed = torch.tensor(typed)
         at = torch.tensor([group[r].prompt_length - 1 for r in typed])
@@ -252,6 +304,9 @@ def train_lora(
     progress: bool = True,
     trains: Sequence[str] | None = None,
     align: float = 0.0,
+    align_target: str = "text",
+    lora_layers: Sequence[int] = asm.LORA_LAYERS,
+    lora_rank: int = asm.LORA_RANK,
 ) -> tuple[dict[str, Tensor], list[float]]:
     """Train the LoRA on ``examples`` (one epoch); returns its factors and the loss curve.
 
@@ -268,7 +323,7 @@ def train_lora(
     rates = [lr] * len(phases) if isinstance(lr, (int, float)) else list(lr)
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapped = attach_lora(model, seed)
+    wrapped = attach_lora(model, seed, lora_layers, lora_rank)
     params = [p for lora in wrapped.values() for p in (lora.lora_A, lora.lora_B)]
     projector = list(model.model.multi_modal_projector.parameters())
     trains = list(trains) if trains is not None else ["lora"] * len(phases)
@@ -279,7 +334,8 @@ def train_lora(
         for index, phase in enumerate(phases):
             desc = f"stage 2: encoding phase {index + 1}/{len(phases)}"
             encoded = [
-                encode(e, processor, twin=align > 0) for e in tqdm(phase, desc=desc, disable=not progress)
+                encode(e, processor, twin=align_target if align > 0 else None)
+                for e in tqdm(phase, desc=desc, disable=not progress)
             ]
             groups = batches(encoded, batch_size, seed + index)
             if trains[index] not in ("lora", "projector"):
@@ -298,7 +354,7 @@ def train_lora(
             label = "stage 2: LoRA" if len(phases) == 1 else f"stage 2: LoRA phase {index + 1}/{len(phases)}"
             bar = tqdm(groups, desc=label, disable=not progress)
             for group in bar:
-                loss = batch_loss(model, group, pad_id, align)
+                loss = batch_loss(model, group, pad_id, align, align_layers=lora_layers)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trained, 1.0)
