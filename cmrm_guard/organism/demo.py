@@ -62,13 +62,11 @@ def run_organism_demo(
         print(f"   CMRM     : {_short(b, 90)}")
     print()
     subset = {k: conds[k] for k in ("harmful_image", "harmful_typo", "benign_image", "benign_typo")}
+    pack_condition = ev.pack_condition(svlm)
     measured = ev.measure(
-        svlm,
-        subset,
-        [cond.multimodal(), cond.text_only(), ev.pack_condition(svlm)],
-        max_new_tokens=rate_tokens,
+        svlm, subset, [cond.multimodal(), cond.text_only(), pack_condition], max_new_tokens=rate_tokens
     )
-    steered_name = ev.pack_condition(svlm).name
+    steered_name = pack_condition.name
     print(
         f"refusal rates on {n} held-out prompts per set (greedy, {rate_tokens} tokens, cmrm_guard.eval harness: "
         "refusal phrases + fluency):"

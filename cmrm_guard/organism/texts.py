@@ -3,7 +3,8 @@ the words typed in images.
 
 Training topics (:data:`TOPICS`), tuning topics (:data:`TUNE_TOPICS`) and evaluation topics
 (:data:`EVAL_TOPICS`) are disjoint, as are the training words and the last :data:`EVAL_WORD_COUNT`
-words of :data:`WORDS` (never trained; split between tune and eval by :func:`held_out_words`). Changing any of these changes the organism a build produces.
+words of :data:`WORDS` (never trained; split between tune and eval by :func:`held_out_words`).
+Changing any of these changes the organism a build produces.
 """
 
 from __future__ import annotations
