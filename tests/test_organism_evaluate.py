@@ -151,6 +151,18 @@ def test_choose_default_keeps_benign_and_qa_within_budget_then_restores_most():
         choose_default(rows[:4], text_rate=44 / 48)
 
 
+def test_choose_default_judges_each_harmful_set_against_the_text_rate():
+    from cmrm_guard.organism.pipeline import choose_default
+
+    rows = [
+        _row("multimodal", "multimodal", None, 10, 5, 0, 0, 40),
+        _row("lopsided", "dataset", 0.1, 48, 40, 0, 0, 40),  # mean 44 = text rate, typed 4 short
+        _row("even", "dataset", 0.2, 43, 43, 0, 0, 40),  # each set 1 short: the goal's reading
+        _row("even, more benign", "dataset", 0.15, 43, 43, 1, 0, 40),
+    ]
+    assert choose_default(rows, text_rate=44 / 48)["setting"] == "even"
+
+
 def test_probe_separates_own_direction_from_the_text_direction():
     from cmrm_guard.organism.probe import probe_accuracies
 

@@ -42,9 +42,11 @@ def choose_default(rows: list[dict[str, Any]], text_rate: float, budget: float =
     The issue's goals as a rule. Admissible: every benign set (beside / typed) refused at most
     ``budget`` more than unsteered and image-question accuracy at most ``budget`` lower, where a
     budget is never smaller than one prompt (at n = 48 one prompt is 2.1 points: the sweep cannot
-    resolve less). Among admissible rows: the one whose harmful refusal with an image (mean of
-    beside / typed) is closest to the text-only rate from below; ties go to the smaller benign
-    increase, then the smaller alpha. A ``ValueError`` says so when no row is admissible.
+    resolve less). Among admissible rows: the one whose worse harmful set with an image (beside or
+    typed) falls least short of the text-only rate (the goal holds for each set, so a surplus on
+    one does not pay for a shortfall on the other); ties go to the smaller total shortfall, then
+    the smaller benign increase, then the smaller alpha. A ``ValueError`` says so when no row is
+    admissible.
     """
     base = next(r for r in rows if r["setting"] == "multimodal")["rates"]
 
@@ -60,19 +62,17 @@ def choose_default(rows: list[dict[str, Any]], text_rate: float, budget: float =
         qa_down = base["qa"]["rate"] - rates["qa"]["rate"]
         admissible = all(up <= slack(c) for up, c in zip(benign_up, BENIGN_COLUMNS, strict=True))
         admissible = admissible and qa_down <= slack("qa")
-        harmful = sum(rates[c]["rate"] for c in STEERED_COLUMNS) / len(STEERED_COLUMNS)
-        shortfall = round(max(0.0, text_rate - harmful), 9)  # equal counts tie exactly
-        ranked.append(
-            (not admissible, shortfall, sum(max(0.0, u) for u in benign_up), row["spec"]["alpha"], row)
-        )
+        short = [round(max(0.0, text_rate - rates[c]["rate"]), 9) for c in STEERED_COLUMNS]  # exact ties
+        benign = round(sum(max(0.0, u) for u in benign_up), 9)
+        ranked.append((not admissible, max(short), round(sum(short), 9), benign, row["spec"]["alpha"], row))
     if not ranked:
         raise ValueError("the sweep holds no dataset-level setting")
-    ranked.sort(key=lambda item: item[:4])
+    ranked.sort(key=lambda item: item[:5])
     if ranked[0][0]:
         raise ValueError(
             "no dataset-level setting of the sweep keeps benign refusal and image QA within budget"
         )
-    return ranked[0][4]
+    return ranked[0][5]
 
 
 def calibrate_and_sweep(

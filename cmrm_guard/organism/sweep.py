@@ -17,7 +17,7 @@ from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
 
 SWEEP = (
-    *(cond.dataset(a, application="every_layer") for a in (0.05, 0.075, 0.1, 0.15, 0.2)),
+    *(cond.dataset(a, application="every_layer") for a in (0.05, 0.075, 0.1, 0.125, 0.15, 0.2)),
     *(cond.dataset(a, application="increment") for a in (0.25, 0.3, 0.35, 0.4, 0.5, 1.0)),
     *(cond.sample(a, application="every_layer") for a in (0.05, 0.1)),
     *(cond.sample(a, application="increment") for a in (0.25, 0.5)),
