@@ -59,6 +59,24 @@ def test_bad_build_settings_are_refused_before_training(override, message):
         check_settings(DEFAULTS | override)
 
 
+def test_lora_keyword_defaults_are_the_build_defaults():
+    """``attach_lora`` / ``train_lora`` / ``save_parts`` default to the LoRA the build trains."""
+    import inspect
+
+    from cmrm_guard.organism import assemble as asm
+    from cmrm_guard.organism.build import DEFAULTS
+
+    assert asm.lora_layers_from(DEFAULTS["lora_first_layer"]) == asm.LORA_LAYERS
+    assert DEFAULTS["lora_rank"] == asm.LORA_RANK and asm.lora_alpha(asm.LORA_RANK) == 2 * asm.LORA_RANK
+    for function, layers, rank in (
+        (train.attach_lora, "layers", "rank"),
+        (train.train_lora, "lora_layers", "lora_rank"),
+        (asm.save_parts, "lora_layers", "lora_rank"),
+    ):
+        parameters = inspect.signature(function).parameters
+        assert parameters[layers].default == asm.LORA_LAYERS and parameters[rank].default == asm.LORA_RANK
+
+
 def test_typed_phase_a_moves_the_typed_requests_to_the_text_phase():
     examples = _examples() + [Example(f"t{i}", "ok", [], train.TYPED_KIND) for i in range(4)]
     phase_a, phase_b = train.curriculum_phases(examples, "sequential", 0.3, 0, typed_phase="A")
