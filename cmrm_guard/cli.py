@@ -26,6 +26,22 @@ def _layers(text: str) -> list[int]:
         ) from None
 
 
+def at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum``, refused with a message naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its own messages
+    return parse
+
+
 def _organism_available() -> str:
     """Empty when the organism can run here, else why not."""
     try:
@@ -51,12 +67,15 @@ def _demo(args: argparse.Namespace) -> None:
         if not missing:
             from cmrm_guard.organism.demo import run_organism_demo
 
-            run_organism_demo()
+            if args.max_new_tokens is None:
+                run_organism_demo()
+            else:
+                run_organism_demo(max_new_tokens=args.max_new_tokens)
             return
         print(f"model organism unavailable ({missing}); running the tiny-model demo instead")
     from cmrm_guard.demo import run_demo
 
-    run_demo(model_type=args.model_type, max_new_tokens=args.max_new_tokens)
+    run_demo(model_type=args.model_type, max_new_tokens=args.max_new_tokens or 12)
 
 
 def _calibrate(args: argparse.Namespace) -> None:
@@ -156,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--tiny", action="store_true", help="use the embedded tiny random model")
     demo.add_argument("--model-type", default="llava", help="tiny architecture to build (default llava)")
-    demo.add_argument("--max-new-tokens", type=int, default=12)
+    demo.add_argument(
+        "--max-new-tokens",
+        type=at_least(1),
+        default=None,
+        help="tokens per side-by-side answer (default: 20 on the organism, 12 on the tiny model)",
+    )
     demo.set_defaults(run=_demo)
 
     calib = commands.add_parser("calibrate", help="compute a dataset-level vector pack for a model")
@@ -165,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument(
         "--data", nargs="+", type=Path, help="JSONL prompt files (default: the shipped 128 harmful prompts)"
     )
-    calib.add_argument("--num-samples", type=int, default=None, help="draw this many records (seeded)")
+    calib.add_argument(
+        "--num-samples", type=at_least(1), default=None, help="draw this many records (seeded)"
+    )
     calib.add_argument("--estimator", choices=("mean", "pc1"), default="mean")
     calib.add_argument("--corruption", choices=("blank", "noise"), default="blank")
     calib.add_argument(
@@ -173,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calib.add_argument("--alpha", type=float, default=1.0, help="default strength stored in the pack")
     calib.add_argument("--application", choices=("increment", "every_layer"), default="increment")
-    calib.add_argument("--batch-size", type=int, default=8)
+    calib.add_argument("--batch-size", type=at_least(1), default=8)
     calib.add_argument(
         "--image-mode",
         choices=("typographic", "blank", "noise"),

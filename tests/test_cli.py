@@ -99,6 +99,25 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--max-new-tokens", "-3"], "--max-new-tokens: expected an integer >= 1; got -3"),
+        (["calibrate", "m", "-o", "x", "--batch-size", "0"], "--batch-size: expected an integer >= 1; got 0"),
+        (["organism", "sweep", "--n", "-5"], "--n: expected an integer >= 1; got -5"),
+        (["organism", "sweep", "--n", "abc"], "--n: expected an integer >= 1; got 'abc'"),
+        (["organism", "evaluate", "--n", "-1"], "--n: expected an integer >= 0; got -1"),
+        (["organism", "probe", "--n", "1"], "--n: expected an integer >= 2; got 1"),
+        (["organism", "demo", "--threads", "0"], "--threads: expected an integer >= 1; got 0"),
+    ],
+)
+def test_counts_out_of_range_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_tiny_demo_runs_and_leaves_no_hooks(capsys):
     assert main(["demo", "--tiny", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out

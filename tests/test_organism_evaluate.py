@@ -245,5 +245,7 @@ def test_tune_and_eval_items_are_disjoint():
     assert set(texts.held_out_words("tune")) | set(texts.held_out_words("eval")) == never_trained
     with pytest.raises(ValueError, match="split 'tune' or 'eval'; got 'calib'"):
         ev.conditions(splits, tokenizer, split="calib")
+    with pytest.raises(ValueError, match="None \\(all\\) or >= 1; got -5"):  # a slice [:-5] would drop 5
+        ev.conditions(splits, tokenizer, split="tune", n=-5)
     with pytest.raises(ValueError, match="no held-out words for split 'train'"):
         texts.held_out_words("train")

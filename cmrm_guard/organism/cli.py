@@ -83,12 +83,14 @@ def _demo(args: argparse.Namespace) -> None:
 
 def add_organism_command(commands) -> argparse.ArgumentParser:
     """Add ``organism`` with its sub-commands to a ``add_subparsers`` object."""
+    from cmrm_guard.cli import at_least
+
     organism = commands.add_parser("organism", help="build, evaluate and demo the SmolLM2 model organism")
     sub = organism.add_subparsers(dest="organism_command", required=True)
     build = sub.add_parser("build", help="retrain the organism's shipped parts (seeded)")
     build.add_argument("--out", default=None, help="folder of the parts (default: <repo>/organism)")
-    build.add_argument("--vision-steps", type=int, default=None)
-    build.add_argument("--lora-examples", type=int, default=None)
+    build.add_argument("--vision-steps", type=at_least(1), default=None)
+    build.add_argument("--lora-examples", type=at_least(1), default=None)
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--modality-offset", type=float, default=None)
     build.add_argument(
@@ -157,7 +159,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     )
     build.set_defaults(run=_build)
     evaluate = sub.add_parser("evaluate", help="refusal rates and image-QA accuracy, unsteered and steered")
-    evaluate.add_argument("--n", type=int, default=200, help="cap per condition (0: the whole split)")
+    evaluate.add_argument("--n", type=at_least(0), default=200, help="cap per condition (0: the whole split)")
     evaluate.add_argument("--sample-level", action="store_true", help="also evaluate sample-level CMRM")
     evaluate.add_argument("--split", default="eval", choices=("eval", "tune"))
     evaluate.add_argument(
@@ -168,7 +170,9 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(run=_evaluate)
     sweep = sub.add_parser("sweep", help="calibrate the pack (calib split) and sweep alpha (tune split)")
-    sweep.add_argument("--n", type=int, default=48, help="prompts per set on the tune split (default 48)")
+    sweep.add_argument(
+        "--n", type=at_least(1), default=48, help="prompts per set on the tune split (default 48)"
+    )
     sweep.add_argument(
         "--out",
         default=None,
@@ -179,16 +183,21 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "probe",
         help="per-layer linear probe: is harmfulness read along the text direction (text / beside / typed)?",
     )
-    probe.add_argument("--n", type=int, default=96, help="harmful and benign prompts per condition")
+    probe.add_argument(
+        "--n",
+        type=at_least(2),
+        default=96,
+        help="harmful and benign prompts per condition (half fit, half test)",
+    )
     probe.add_argument("--split", default="tune", choices=("tune", "eval"))
     probe.set_defaults(run=_probe)
     demo = sub.add_parser("demo", help="unsteered vs steered answers and refusal rates")
     demo.add_argument(
-        "--n", type=int, default=16, help="eval prompts per set for the refusal rates (default 16)"
+        "--n", type=at_least(1), default=16, help="eval prompts per set for the refusal rates (default 16)"
     )
     demo.set_defaults(run=_demo)
     for parser in (build, evaluate, sweep, probe, demo):
-        parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+        parser.add_argument("--threads", type=at_least(1), default=2, help="torch CPU threads (default 2)")
     return organism
 
 

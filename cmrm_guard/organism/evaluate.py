@@ -67,6 +67,8 @@ def conditions(
     """
     if split not in ("tune", "eval"):
         raise ValueError(f"the organism is measured on split 'tune' or 'eval'; got {split!r}")
+    if n is not None and n < 1:
+        raise ValueError(f"n caps the prompts per kind: None (all) or >= 1; got {n}")
     rng = random.Random(seed)
     harmful = [r["prompt"] for r in splits.harmful[split]][:n]
     benign = [r["prompt"] for r in splits.benign[split]][:n]

@@ -83,6 +83,8 @@ def calibrate_and_sweep(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Calibrate the pack on ``calib``, sweep on ``tune``, store the chosen default in the pack."""
+    if n < 1:
+        raise ValueError(f"n (prompts per set on the tune split) must be >= 1; got {n}")
     parts = Path(parts or asm.repo_organism_dir())
     svlm = _load(parts, vectors=None)
     tokenizer = svlm.processor.tokenizer
