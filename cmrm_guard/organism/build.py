@@ -60,8 +60,8 @@ DEFAULTS = {
     # the LoRA: decoder layers lora_first_layer..29 (0: every layer, so the layers that first read
     # the image tokens learn too; 14: builds 1-7), rank lora_rank (alpha / rank stays 2); the
     # shipped-size budget (10 MB) holds 30 layers at rank 4 or 16 at rank 8
-    "lora_first_layer": 0,
-    "lora_rank": 4,
+    "lora_first_layer": asm.LORA_LAYERS[0],
+    "lora_rank": asm.LORA_RANK,
 }
 
 
