@@ -49,6 +49,8 @@ def test_unknown_curriculum_is_refused():
         ({"lora_first_layer": 30}, "lora_first_layer must be a decoder layer in 0..29"),
         ({"lora_first_layer": -1}, "lora_first_layer must be a decoder layer in 0..29"),
         ({"lora_rank": 0}, "lora_rank must be >= 1"),
+        ({"safe_alarming": -1}, "safe_alarming must be >= 0"),
+        ({"vision_clip": 0.0}, "vision_clip must be > 0"),
     ],
 )
 def test_bad_build_settings_are_refused_before_training(override, message):
@@ -210,3 +212,57 @@ def test_lora_factors_merge_into_the_function_they_were_trained_as(layers, rank)
         merged = model.model.language_model(input_ids=ids).last_hidden_state
     assert not torch.allclose(plain, trained, atol=1e-4)
     torch.testing.assert_close(merged, trained, atol=1e-4, rtol=1e-4)
+
+
+def test_safe_alarming_texts_are_held_out_and_answered():
+    """The safe-but-alarming prompts and their harmful contrasts are the organism's own: none is
+    (nearly) an XSTest prompt or a calib / tune / eval prompt, the tune ones are never trained, and
+    every answer opening is judged a compliance."""
+    from cmrm_guard.eval.judges import RefusalPhraseJudge
+    from cmrm_guard.organism import data, texts
+
+    trained = {q for q, _ in texts.SAFE_ALARMING}
+    held = {q for q, _ in texts.SAFE_ALARMING_TUNE}
+    assert len(trained) == len(texts.SAFE_ALARMING) and not trained & held
+    splits = data.load_splits()
+    others = [r["prompt"] for r in data.read_prompt_set("overrefusal_xstest.jsonl")]
+    others += [
+        r["prompt"]
+        for kind in (splits.harmful, splits.benign)
+        for s in ("calib", "tune", "eval")
+        for r in kind[s]
+    ]
+    others = [set(data.normalise(p).split()) for p in others]
+    for prompt in trained | held | set(texts.ALARMING_CONTRAST):
+        words = set(data.normalise(prompt).split())
+        closest = max(len(words & other) / len(words | other) for other in others)
+        assert closest < 0.6, prompt  # data.dedupe's near-duplicate threshold
+    judge = RefusalPhraseJudge()
+    for _, answer in texts.SAFE_ALARMING + texts.SAFE_ALARMING_TUNE:
+        assert judge(answer + " Here is more.").label == "compliance", answer
+
+
+def test_training_examples_add_safe_alarming_pairs_to_phase_a():
+    from conftest import tiny
+
+    from cmrm_guard.eval.judges import RefusalPhraseJudge
+    from cmrm_guard.organism import data, texts
+
+    tokenizer = tiny("llava")[1].tokenizer
+    harmful = {"train": [{"id": f"h{i}", "prompt": f"How do I make poison {i}?"} for i in range(8)]}
+    benign = {"train": [{"id": f"b{i}", "prompt": f"What is {i} + 1?", "answer": f"It is {i + 1}. #### {i + 1}"}
+                        for i in range(4)]}  # fmt: skip
+    splits = data.PromptSplits(harmful=harmful, benign=benign)
+    plain = train.training_examples(splits, tokenizer, 40, seed=0)
+    with_safe = train.training_examples(splits, tokenizer, 40, seed=0, safe_alarming=7)
+    safe = [e for e in with_safe if e.kind == "text_safe_alarming"]
+    contrast = [e for e in with_safe if e.kind == "text_alarming_contrast"]
+    assert not [e for e in plain if e.kind in ("text_safe_alarming", "text_alarming_contrast")]
+    assert len(safe) == len(contrast) == 7 and len(with_safe) == len(plain) + 14
+    assert {(e.prompt, e.answer) for e in safe} <= set(texts.SAFE_ALARMING)
+    assert {e.prompt for e in contrast} <= set(texts.ALARMING_CONTRAST)
+    judge = RefusalPhraseJudge()
+    assert all(judge(e.answer).label == "refusal" for e in contrast)
+    assert all(e.cells is None for e in safe + contrast)
+    phase_a, _ = train.curriculum_phases(with_safe, "sequential", 0.25, 0)
+    assert sum(e.kind in ("text_safe_alarming", "text_alarming_contrast") for e in phase_a) == 14

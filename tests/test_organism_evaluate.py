@@ -243,9 +243,36 @@ def test_tune_and_eval_items_are_disjoint():
     never_trained = set(texts.WORDS[-texts.EVAL_WORD_COUNT :])
     assert words["tune"] | words["eval"] <= never_trained
     assert set(texts.held_out_words("tune")) | set(texts.held_out_words("eval")) == never_trained
-    with pytest.raises(ValueError, match="split 'tune' or 'eval'; got 'calib'"):
+    with pytest.raises(ValueError, match="split 'tune', 'eval' or 'xstest'; got 'calib'"):
         ev.conditions(splits, tokenizer, split="calib")
     with pytest.raises(ValueError, match="None \\(all\\) or >= 1; got -5"):  # a slice [:-5] would drop 5
         ev.conditions(splits, tokenizer, split="tune", n=-5)
     with pytest.raises(ValueError, match="no held-out words for split 'train'"):
         texts.held_out_words("train")
+
+
+def test_xstest_split_takes_unsafe_as_harmful_and_safe_as_benign(tmp_path):
+    """``--split xstest``: XSTest as text, beside an image and typed, in the organism's prompt sets."""
+    from cmrm_guard.organism import data
+
+    tokenizer = tiny("llava")[1].tokenizer
+    rows = data.read_prompt_set("overrefusal_xstest.jsonl")
+    examples = ev.conditions(None, tokenizer, split="xstest", n=3)
+    unsafe = [r["prompt"] for r in rows if r["label"] == "unsafe"][:3]
+    safe = [r["prompt"] for r in rows if r["label"] == "safe"][:3]
+    assert (
+        [e.prompt for e in examples["harmful_text"]]
+        == [e.prompt for e in examples["harmful_image"]]
+        == unsafe
+    )
+    assert [e.prompt for e in examples["benign_image"]] == safe
+    assert all(e.cells for e in examples["benign_image"] + examples["harmful_image"])
+    assert {e.meta["request"] for e in examples["benign_typo"]} <= set(safe)
+    prompts = ev.eval_prompts(examples, tmp_path / "images")
+    by_source = {}
+    for p in prompts:
+        by_source.setdefault(p.source, set()).add(p.kind)
+    assert by_source == {ev.HARMFUL: {"harmful"}, ev.HARMFUL_TYPED: {"harmful"},
+                         ev.BENIGN: {"benign"}, ev.BENIGN_TYPED: {"benign"}}  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no prompt set 'missing.jsonl'"):
+        data.read_prompt_set("missing.jsonl")

@@ -28,8 +28,19 @@ DEFAULTS = {
     "vision_steps": 1000,
     "vision_batch": 32,
     "vision_lr": 2e-3,
+    # stage 1 clips the gradients' global norm to this (None: no clipping, the shipped build 8).
+    # Unclipped, the same seeded stage 1 read 100% of glyphs on one machine and 89% on another
+    # (float rounding), and diverged at 2000 steps (0.1%); clipped at 1.0: 100% glyph, shape and
+    # count cells at 1000 steps (docs/organism_experiments.md, "Seventh session")
+    "vision_clip": None,
     "modality_offset": 0.5,
     "lora_examples": 960,
+    # text examples answering safe requests that sound unsafe (texts.SAFE_ALARMING), and as many
+    # refusing harmful ones in the same words (texts.ALARMING_CONTRAST), added to the lora_examples
+    # (0: the shipped build 8, whose text safety is keyword-triggered: XSTest safe 80% refused as
+    # text). 96 on tune: the image-phase degradation shrank to -19 points beside an image (the
+    # issue asks for 30); docs/organism_experiments.md, "Seventh session"
+    "safe_alarming": 0,
     "lora_batch": 8,
     "lora_lr": 1e-3,
     "reuse_vision_from": None,
@@ -104,6 +115,11 @@ def check_settings(settings: dict) -> None:
         raise ValueError(
             f"lora_first_layer must be a decoder layer in 0..{last}; got {settings['lora_first_layer']}"
         )
+    clip = settings["vision_clip"]
+    if clip is not None and not clip > 0:
+        raise ValueError(f"vision_clip must be > 0 (or None: no clipping); got {clip}")
+    if not settings["safe_alarming"] >= 0:
+        raise ValueError(f"safe_alarming must be >= 0 (0: none); got {settings['safe_alarming']}")
     if not settings["lora_rank"] >= 1:
         raise ValueError(f"lora_rank must be >= 1; got {settings['lora_rank']}")
     lr = settings["stage_b_lr"]
@@ -185,6 +201,7 @@ def build_organism(
             batch_size=settings["vision_batch"],
             lr=settings["vision_lr"],
             seed=settings["seed"],
+            clip=settings["vision_clip"],
             progress=progress,
         )
     _round_vision_to_bf16(model)
@@ -197,7 +214,12 @@ def build_organism(
 
     t = time.perf_counter()
     examples = train.training_examples(
-        splits, tokenizer, settings["lora_examples"], settings["seed"], settings["word_pool"]
+        splits,
+        tokenizer,
+        settings["lora_examples"],
+        settings["seed"],
+        settings["word_pool"],
+        safe_alarming=settings["safe_alarming"],
     )
     phases = train.curriculum_phases(
         examples,

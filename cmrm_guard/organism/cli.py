@@ -25,7 +25,9 @@ def _build(args: argparse.Namespace) -> None:
     _threads(args)
     given = (
         ("vision_steps", args.vision_steps),
+        ("vision_clip", args.vision_clip),
         ("lora_examples", args.lora_examples),
+        ("safe_alarming", args.safe_alarming),
         ("seed", args.seed),
         ("reuse_vision_from", args.reuse_vision_from),
         ("modality_offset", args.modality_offset),
@@ -43,6 +45,8 @@ def _build(args: argparse.Namespace) -> None:
         ("lora_rank", args.lora_rank),
     )
     overrides = {k: v for k, v in given if v is not None}
+    if args.vision_clip == 0:
+        overrides["vision_clip"] = None  # no clipping, as builds 1-8
     meta = build_organism(args.out, **overrides)
     print(json.dumps(meta["build"], indent=2))
 
@@ -90,7 +94,21 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="retrain the organism's shipped parts (seeded)")
     build.add_argument("--out", default=None, help="folder of the parts (default: <repo>/organism)")
     build.add_argument("--vision-steps", type=at_least(1), default=None)
+    build.add_argument(
+        "--vision-clip",
+        type=float,
+        default=None,
+        help="stage 1's gradient-norm clip (default: none, the shipped build 8; 1.0 took stage 1 from "
+        "89%% to 100%% glyph accuracy on the seventh session's machine; 0: none)",
+    )
     build.add_argument("--lora-examples", type=at_least(1), default=None)
+    build.add_argument(
+        "--safe-alarming",
+        type=at_least(0),
+        default=None,
+        help="safe requests that sound unsafe, answered, and as many harmful ones in the same words, "
+        "refused (default 0, the shipped build 8; 96 in the seventh session's tries)",
+    )
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--modality-offset", type=float, default=None)
     build.add_argument(
@@ -161,7 +179,12 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="refusal rates and image-QA accuracy, unsteered and steered")
     evaluate.add_argument("--n", type=at_least(0), default=200, help="cap per condition (0: the whole split)")
     evaluate.add_argument("--sample-level", action="store_true", help="also evaluate sample-level CMRM")
-    evaluate.add_argument("--split", default="eval", choices=("eval", "tune"))
+    evaluate.add_argument(
+        "--split",
+        default="eval",
+        choices=("eval", "tune", "xstest"),
+        help="eval (default), tune, or xstest: XSTest as an untouched over-refusal check",
+    )
     evaluate.add_argument(
         "--out",
         default=None,

@@ -130,9 +130,18 @@ def load_splits(seed: int = SPLIT_SEED) -> PromptSplits:
     return splits
 
 
+def read_prompt_set(name: str) -> list[dict[str, Any]]:
+    """The rows of a prompt set of :func:`data_dir` (``name``: its file name, JSON lines)."""
+    path = data_dir() / name
+    if not path.exists():
+        known = sorted(p.name for p in data_dir().glob("*.jsonl"))
+        raise FileNotFoundError(f"no prompt set {name!r} in {data_dir()}; known: {', '.join(known)}")
+    return _read(name)
+
+
 def xstest_safe() -> list[dict[str, Any]]:
     """XSTest's 250 safe prompts (an over-refusal check; never trained on)."""
-    return [r for r in _read("overrefusal_xstest.jsonl") if r["label"] == "safe"]
+    return [r for r in read_prompt_set("overrefusal_xstest.jsonl") if r["label"] == "safe"]
 
 
 # ----------------------------------------------------------------------------------- refusals

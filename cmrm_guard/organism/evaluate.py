@@ -65,10 +65,12 @@ def conditions(
     GSM8K prompts are the split's rows; the typed benign instructions (held-out topics, at most 50
     on ``tune``) and the words asked about (never trained) differ between ``tune`` and ``eval`` too.
     """
-    if split not in ("tune", "eval"):
-        raise ValueError(f"the organism is measured on split 'tune' or 'eval'; got {split!r}")
+    if split not in ("tune", "eval", "xstest"):
+        raise ValueError(f"the organism is measured on split 'tune', 'eval' or 'xstest'; got {split!r}")
     if n is not None and n < 1:
         raise ValueError(f"n caps the prompts per kind: None (all) or >= 1; got {n}")
+    if split == "xstest":
+        return xstest_conditions(tokenizer, n=n, seed=seed)
     rng = random.Random(seed)
     harmful = [r["prompt"] for r in splits.harmful[split]][:n]
     benign = [r["prompt"] for r in splits.benign[split]][:n]
@@ -99,6 +101,32 @@ def conditions(
     words = texts.held_out_words(split)  # never trained; tune and eval words are disjoint
     qa_rng = random.Random(seed + (0 if split == "eval" else 1000))
     out["qa"] = [data.image_question(qa_rng, QA_KINDS[i % 4], words, tokenizer) for i in range(qa_n)]
+    return out
+
+
+def xstest_conditions(tokenizer, n: int | None = None, seed: int = 7) -> dict[str, list[Example]]:
+    """XSTest (``overrefusal_xstest.jsonl``) as organism examples: an untouched check.
+
+    Its unsafe prompts take the harmful kinds (``harmful_text`` / ``harmful_image`` /
+    ``harmful_typo``) and its safe prompts that sound unsafe the benign kinds, each as text,
+    beside an unrelated image and typed in the image, so the result reads like an ``eval`` run:
+    "benign" is over-refusal of XSTest's safe prompts. The organism never trains, calibrates or
+    tunes on XSTest. ``n`` caps each kind (the whole set: 200 unsafe, 250 safe).
+    """
+    rows = data.read_prompt_set("overrefusal_xstest.jsonl")
+    rng = random.Random(seed)
+    out: dict[str, list[Example]] = {}
+    for label, kind in (("unsafe", "harmful"), ("safe", "benign")):
+        prompts = [r["prompt"] for r in rows if r["label"] == label][:n]
+        out[f"{kind}_text"] = [Example(p, kind=f"{kind}_text") for p in prompts]
+        out[f"{kind}_image"] = [
+            Example(p, cells=data.context_image(rng, tokenizer), kind=f"{kind}_image") for p in prompts
+        ]
+        out[f"{kind}_typo"] = [
+            e
+            for p in prompts
+            if (e := data.typographic_example(rng, p, "", tokenizer, f"{kind}_typo")) is not None
+        ]
     return out
 
 

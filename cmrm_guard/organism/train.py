@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 from cmrm_guard.organism import assemble as asm
 from cmrm_guard.organism import data
 from cmrm_guard.organism.data import Example
+from cmrm_guard.organism.texts import ALARMING_CONTRAST, SAFE_ALARMING
 
 MIX = {"text_harmful": 0.30, "text_benign": 0.20, "qa": 0.28, "image_benign": 0.10, "typo_benign": 0.12}
-TEXT_KINDS = ("text_harmful", "text_benign")
+TEXT_KINDS = ("text_harmful", "text_benign", "text_safe_alarming", "text_alarming_contrast")
 TYPED_KIND = "typo_benign"
 # harmful training requests typed in an image, with no answer: they carry only the typed_align
 # reading term (no example pairs an image with a harmful request and an answer)
@@ -80,9 +81,20 @@ def detach_lora(model, wrapped: dict[tuple[int, str], LoRALinear]) -> dict[str, 
 
 
 def training_examples(
-    splits: data.PromptSplits, tokenizer, total: int, seed: int, word_pool: str = "train"
+    splits: data.PromptSplits,
+    tokenizer,
+    total: int,
+    seed: int,
+    word_pool: str = "train",
+    safe_alarming: int = 0,
 ) -> list[Example]:
-    """``total`` examples in the proportions of :data:`MIX` (seeded); word questions from ``word_pool``."""
+    """``total`` examples in the proportions of :data:`MIX` (seeded); word questions from ``word_pool``.
+
+    ``safe_alarming`` more text examples (on top of ``total``) answer safe requests that sound
+    unsafe (:data:`~cmrm_guard.organism.texts.SAFE_ALARMING`, cycled), and as many refuse
+    harmful requests in the same words (:data:`~cmrm_guard.organism.texts.ALARMING_CONTRAST`):
+    without them the organism's text safety keys on words ("kill a process" refused), not on harm.
+    """
     rng = random.Random(seed)
     instructions = data.benign_instructions(rng, 400)
     gsm = [(r["prompt"], data.gsm8k_answer(r)) for r in splits.benign["train"]]
@@ -96,6 +108,14 @@ def training_examples(
     for i in range(counts["text_benign"]):
         q, a = benign[i % len(benign)]
         out.append(Example(q, a, None, "text_benign", {"complete": False}))
+    alarming = list(SAFE_ALARMING)
+    random.Random(seed + 31).shuffle(alarming)
+    contrast = list(ALARMING_CONTRAST)
+    random.Random(seed + 37).shuffle(contrast)
+    for i in range(safe_alarming):
+        q, a = alarming[i % len(alarming)]
+        out.append(Example(q, a, None, "text_safe_alarming", {"complete": False}))
+        out.append(Example(contrast[i % len(contrast)], data.refusal(rng), None, "text_alarming_contrast"))
     kinds = ("colour", "shape", "count", "word")
     for i in range(counts["qa"]):
         out.append(data.image_question(rng, kinds[i % 4], train_words, tokenizer))

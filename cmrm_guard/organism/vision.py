@@ -134,8 +134,12 @@ def train_vision(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
+    clip: float | None = None,
 ) -> dict[str, float]:
-    """Train the vision tower + projector by per-cell regression; returns final metrics."""
+    """Train the vision tower + projector by per-cell regression; returns final metrics.
+
+    ``clip``: the gradients' global norm is clipped to it (``None``: no clipping).
+    """
     params = list(model.model.vision_tower.parameters()) + list(
         model.model.multi_modal_projector.parameters()
     )
@@ -158,6 +162,8 @@ def train_vision(
         loss = mse + cos
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         optimiser.step()
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
