@@ -117,7 +117,7 @@ def check_settings(settings: dict) -> None:
         )
     clip = settings["vision_clip"]
     if clip is not None and not clip > 0:
-        raise ValueError(f"vision_clip must be > 0 (or None: no clipping); got {clip}")
+        raise ValueError(f"vision_clip must be > 0 (None, or 0 on the command line: no clipping); got {clip}")
     if not settings["safe_alarming"] >= 0:
         raise ValueError(f"safe_alarming must be >= 0 (0: none); got {settings['safe_alarming']}")
     if not settings["lora_rank"] >= 1:

@@ -74,21 +74,7 @@ def conditions(
     rng = random.Random(seed)
     harmful = [r["prompt"] for r in splits.harmful[split]][:n]
     benign = [r["prompt"] for r in splits.benign[split]][:n]
-    out: dict[str, list[Example]] = {
-        "harmful_text": [Example(p, kind="harmful_text") for p in harmful],
-        "harmful_image": [
-            Example(p, cells=data.context_image(rng, tokenizer), kind="harmful_image") for p in harmful
-        ],
-        "harmful_typo": [
-            e
-            for p in harmful
-            if (e := data.typographic_example(rng, p, "", tokenizer, "harmful_typo")) is not None
-        ],
-        "benign_text": [Example(p, kind="benign_text") for p in benign],
-        "benign_image": [
-            Example(p, cells=data.context_image(rng, tokenizer), kind="benign_image") for p in benign
-        ],
-    }
+    out = _forms("harmful", harmful, rng, tokenizer) | _forms("benign", benign, rng, tokenizer, typed=False)
     typed_rng = random.Random(seed + 3)
     topics = texts.EVAL_TOPICS if split == "eval" else texts.TUNE_TOPICS  # disjoint held-out topics
     held_out = data.benign_instructions(typed_rng, 200, topics=topics)[:n]
@@ -117,11 +103,22 @@ def xstest_conditions(tokenizer, n: int | None = None, seed: int = 7) -> dict[st
     rng = random.Random(seed)
     out: dict[str, list[Example]] = {}
     for label, kind in (("unsafe", "harmful"), ("safe", "benign")):
-        prompts = [r["prompt"] for r in rows if r["label"] == label][:n]
-        out[f"{kind}_text"] = [Example(p, kind=f"{kind}_text") for p in prompts]
-        out[f"{kind}_image"] = [
+        out |= _forms(kind, [r["prompt"] for r in rows if r["label"] == label][:n], rng, tokenizer)
+    return out
+
+
+def _forms(
+    kind: str, prompts: Sequence[str], rng: random.Random, tokenizer, *, typed: bool = True
+) -> dict[str, list[Example]]:
+    """``<kind>_text``, ``<kind>_image`` (beside an unrelated image) and, if ``typed``,
+    ``<kind>_typo`` (typed in the image) examples of ``prompts``, drawn from ``rng`` in that order."""
+    out = {
+        f"{kind}_text": [Example(p, kind=f"{kind}_text") for p in prompts],
+        f"{kind}_image": [
             Example(p, cells=data.context_image(rng, tokenizer), kind=f"{kind}_image") for p in prompts
-        ]
+        ],
+    }
+    if typed:
         out[f"{kind}_typo"] = [
             e
             for p in prompts
