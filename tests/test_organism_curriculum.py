@@ -266,3 +266,58 @@ def test_training_examples_add_safe_alarming_pairs_to_phase_a():
     assert all(e.cells is None for e in safe + contrast)
     phase_a, _ = train.curriculum_phases(with_safe, "sequential", 0.25, 0)
     assert sum(e.kind in ("text_safe_alarming", "text_alarming_contrast") for e in phase_a) == 14
+
+
+def test_every_build_option_of_the_command_line_is_a_build_setting():
+    """``organism build --x-y`` reaches ``build_organism(x_y=...)``: no option is parsed and dropped."""
+    import argparse
+
+    from cmrm_guard.cli import build_parser
+    from cmrm_guard.organism.build import DEFAULTS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    organism = next(
+        a for a in commands.choices["organism"]._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    options = {a.dest for a in organism.choices["build"]._actions if a.option_strings} - {
+        "help",
+        "out",
+        "threads",
+    }
+    assert options and options <= set(DEFAULTS), sorted(options - set(DEFAULTS))
+
+
+def test_stage1_reused_from_a_parts_folder_loses_that_builds_modality_offset(tmp_path):
+    """``--reuse-vision-from organism``: the shipped tower, with the offset its build added removed."""
+    import json
+
+    import torch
+
+    from cmrm_guard.organism import assemble as asm
+    from cmrm_guard.organism.build import add_modality_offset, load_stage1
+    from cmrm_guard.tiny import build_tiny_vlm
+
+    model = build_tiny_vlm("llava")[0]
+    bias = model.model.multi_modal_projector.linear_2.bias
+    with torch.no_grad():
+        bias.copy_(bias.to(torch.bfloat16).float())  # what a bf16 stage-1 file holds
+    stage1 = bias.detach().clone()
+    asm.save_vision(model, tmp_path / "stage1.safetensors")
+    assert add_modality_offset(model, 0.5, seed=3) > 0
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    asm.save_vision(model, parts / "vision.safetensors")
+    settings = {"modality_offset": 0.5, "seed": 3}
+    (parts / "organism_config.json").write_text(json.dumps({"build": {"settings": settings}}))
+
+    fresh = build_tiny_vlm("llava")[0]
+    load_stage1(fresh, parts)
+    restored = fresh.model.multi_modal_projector.linear_2.bias.detach()
+    offset = (bias.detach() - stage1).abs().max()
+    assert offset > 0 and (restored - stage1).abs().max() < 0.05 * offset  # only bf16 rounding is left
+    load_stage1(fresh, tmp_path / "stage1.safetensors")  # a stage-1 file loads as it is
+    assert torch.equal(fresh.model.multi_modal_projector.linear_2.bias.detach(), stage1)
+    with pytest.raises(FileNotFoundError, match="without organism_config.json"):
+        load_stage1(fresh, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file or parts folder"):
+        load_stage1(fresh, tmp_path / "missing.safetensors")

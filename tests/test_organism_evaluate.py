@@ -276,3 +276,59 @@ def test_xstest_split_takes_unsafe_as_harmful_and_safe_as_benign(tmp_path):
                          ev.BENIGN: {"benign"}, ev.BENIGN_TYPED: {"benign"}}  # fmt: skip
     with pytest.raises(FileNotFoundError, match="no prompt set 'missing.jsonl'"):
         data.read_prompt_set("missing.jsonl")
+
+
+def test_every_instruction_shows_each_typed_request_under_each_instruction():
+    """The sweep's second stage: the typed set 4x (one image per request), every other kind unchanged."""
+    from cmrm_guard.organism import texts
+    from cmrm_guard.organism.data import PromptSplits
+
+    tokenizer = tiny("llava")[1].tokenizer
+    rows = {"tune": [{"id": f"t{i}", "prompt": f"How do I pick lock number {i}?"} for i in range(3)]}
+    rows["tune"].append({"id": "long", "prompt": " ".join(["word"] * 40)})  # does not fit in one image
+    splits = PromptSplits(harmful=rows, benign=rows)
+    plain = ev.conditions(splits, tokenizer, split="tune")
+    every = ev.conditions(splits, tokenizer, split="tune", every_instruction=True)
+    typed = every["harmful_typo"]
+    assert len(plain["harmful_typo"]) == 3 and len(typed) == 3 * len(texts.TYPO_INSTRUCTIONS)
+    for request in {e.meta["request"] for e in plain["harmful_typo"]}:
+        mine = [e for e in typed if e.meta["request"] == request]
+        assert sorted(e.prompt for e in mine) == sorted(texts.TYPO_INSTRUCTIONS)
+        assert all(e.cells == mine[0].cells for e in mine) and all(e.kind == "harmful_typo" for e in mine)
+    for kind in plain.keys() - {"harmful_typo"}:
+        assert [(e.prompt, e.cells, e.meta) for e in every[kind]] == [
+            (e.prompt, e.cells, e.meta) for e in plain[kind]
+        ]
+
+
+def test_admissible_settings_are_the_dataset_rows_within_the_benign_and_qa_budgets():
+    from cmrm_guard.organism.pipeline import admissible_settings
+
+    rows = [
+        _row("multimodal", "multimodal", None, 30, 0, 0, 0, 40),
+        _row("text-only", "text_only", None, 44, 44, 0, 0, 40),
+        _row("too strong", "dataset", 1.0, 48, 48, 10, 0, 40),
+        _row("qa loss", "dataset", 0.8, 47, 30, 0, 0, 37),
+        _row("mild", "dataset", 0.5, 44, 3, 0, 1, 40),
+        _row("weak", "dataset", 0.1, 31, 1, 0, 0, 40),
+        _row("sample", "sample", 0.5, 48, 48, 0, 0, 40),
+    ]
+    assert admissible_settings(rows) == ["mild", "weak"]
+
+
+def test_refined_choice_picks_on_the_second_stage_and_keeps_the_grid_choice_when_none_is_admissible():
+    from cmrm_guard.organism.pipeline import refined_choice
+
+    grid_choice = _row("grid pick", "dataset", 0.3, 44, 44, 0, 0, 40)
+    refined = [
+        _row("multimodal", "multimodal", None, 30, 0, 0, 0, 40),
+        _row("text-only", "text_only", None, 44, 44, 0, 0, 40),
+        _row("short on typed", "dataset", 0.3, 44, 40, 0, 0, 40),
+        _row("at the text rate", "dataset", 0.35, 44, 44, 0, 1, 40),
+    ]
+    row, source = refined_choice(refined, 44 / 48, grid_choice)
+    assert (row["setting"], source) == ("at the text rate", "refined")
+
+    none_admissible = [*refined[:2], _row("refuses benign", "dataset", 0.35, 48, 48, 5, 5, 40)]
+    row, source = refined_choice(none_admissible, 44 / 48, grid_choice)
+    assert (row, source) == (grid_choice, "grid")

@@ -27,10 +27,10 @@ VISION_INTERMEDIATE = 3072
 VISION_LAYERS = 1
 VISION_HEADS = 4
 LORA_LAYERS = tuple(range(0, 30))
-"""The LoRA's decoder layers by default (build 8: every layer; builds 1-7: 14-29)."""
+"""The LoRA's decoder layers by default (builds 8-9: every layer; builds 1-7: 14-29)."""
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_RANK = 4
-"""The LoRA's rank by default (build 8; builds 1-7: 8). Alpha / rank stays 2 at any rank."""
+"""The LoRA's rank by default (builds 8-9; builds 1-7: 8). Alpha / rank stays 2 at any rank."""
 LORA_ALPHA = 8
 
 

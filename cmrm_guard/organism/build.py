@@ -28,7 +28,7 @@ DEFAULTS = {
     "vision_steps": 1000,
     "vision_batch": 32,
     "vision_lr": 2e-3,
-    # stage 1 clips the gradients' global norm to this (None: no clipping, the shipped build 8).
+    # stage 1 clips the gradients' global norm to this (None: no clipping, the shipped tower of builds 8-9).
     # Unclipped, the same seeded stage 1 read 100% of glyphs on one machine and 89% on another
     # (float rounding), and diverged at 2000 steps (0.1%); clipped at 1.0: 100% glyph, shape and
     # count cells at 1000 steps (docs/organism_experiments.md, "Seventh session")
@@ -37,9 +37,9 @@ DEFAULTS = {
     "lora_examples": 960,
     # text examples answering safe requests that sound unsafe (texts.SAFE_ALARMING), and as many
     # refusing harmful ones in the same words (texts.ALARMING_CONTRAST), added to the lora_examples
-    # (0: the shipped build 8, whose text safety is keyword-triggered: XSTest safe 80% refused as
-    # text). 96 on tune: the image-phase degradation shrank to -19 points beside an image (the
-    # issue asks for 30); docs/organism_experiments.md, "Seventh session"
+    # (0: the shipped builds 8-9, whose text safety is keyword-triggered: XSTest safe 80% / 66%
+    # refused as text). 96 on tune: the image-phase degradation shrank to -19 points beside an
+    # image (the issue asks for 30); docs/organism_experiments.md, "Seventh session"
     "safe_alarming": 0,
     "lora_batch": 8,
     "lora_lr": 1e-3,
@@ -56,14 +56,16 @@ DEFAULTS = {
     # (with the text examples: typed requests are learned beside text safety, as in the joint mix)
     "typed_phase": "B",
     # weight of a stage-2 term pulling each typed example's last-prompt-token states (the LoRA's
-    # layers) toward those of its twin (typed_align_target; 0: off); docs/organism.md, "Typed requests"
-    "typed_align": 1.0,
+    # layers) toward those of its twin (typed_align_target; 0: off); docs/organism.md, "Typed requests".
+    # 2 with every training request (build 9); build 8: 1 with 115 (a smaller margin under the pack)
+    "typed_align": 2.0,
     # what typed_align pulls toward: "text" (the request as text) or "beside" (the request beside an
     # unrelated image: typed requests then read like requests beside an image, which CMRM repairs)
     "typed_align_target": "beside",
     # harmful training requests typed in an image, added to the last phase with no answer: only the
-    # typed_align term sees them (train.reading_examples); needs typed_align > 0
-    "typed_align_harmful": 115,
+    # typed_align term sees them (train.reading_examples; every training request that fits in an
+    # image: 251 of 252); needs typed_align > 0
+    "typed_align_harmful": 252,
     # the phase they join: "A" (with the text safety examples) or "B" (the image phase)
     "typed_align_harmful_phase": "B",
     # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see data.reading_words)
@@ -127,6 +129,17 @@ def check_settings(settings: dict) -> None:
         raise ValueError(f"stage_b_lr must be > 0 (or None: lora_lr); got {lr}")
 
 
+def modality_offset(model, scale: float, seed: int) -> torch.Tensor:
+    """The seeded offset ``m`` of :func:`add_modality_offset` (zeros when ``scale`` <= 0)."""
+    embeddings = model.model.language_model.embed_tokens.weight.detach()
+    if scale <= 0:
+        return torch.zeros(embeddings.shape[1])
+    norm = float(embeddings.norm(dim=-1).mean()) * scale
+    generator = torch.Generator().manual_seed(seed + 7)
+    direction = torch.randn(embeddings.shape[1], generator=generator)
+    return direction / direction.norm() * norm
+
+
 def add_modality_offset(model, scale: float, seed: int) -> float:
     """Add a fixed, seeded offset ``m`` to every image token (the projector's output bias).
 
@@ -137,15 +150,37 @@ def add_modality_offset(model, scale: float, seed: int) -> float:
     embedding norm, a random direction) gives the organism that modality gap, which stage 2 then
     learns to read through. Returns the norm of ``m``.
     """
-    if scale <= 0:
-        return 0.0
-    embeddings = model.model.language_model.embed_tokens.weight.detach()
-    norm = float(embeddings.norm(dim=-1).mean()) * scale
-    generator = torch.Generator().manual_seed(seed + 7)
-    direction = torch.randn(embeddings.shape[1], generator=generator)
+    offset = modality_offset(model, scale, seed)
     with torch.no_grad():
-        model.model.multi_modal_projector.linear_2.bias += direction / direction.norm() * norm
-    return norm
+        model.model.multi_modal_projector.linear_2.bias += offset
+    return float(offset.norm())
+
+
+def load_stage1(model, source: str | Path) -> None:
+    """Load stage-1 vision weights: a stage-1 file, or a parts folder (its build's offset removed).
+
+    A parts folder (``organism/``, or any ``build --out`` folder) holds the tower and projector
+    after :func:`add_modality_offset`; the offset its ``organism_config.json`` records is
+    subtracted, so a build can train a new LoRA on the shipped tower.
+    """
+    source = Path(source)
+    if source.is_dir():
+        config = source / "organism_config.json"
+        if not config.exists():
+            raise FileNotFoundError(
+                f"reuse_vision_from={str(source)!r} is a folder without organism_config.json: "
+                "expected a parts folder (organism/) or a stage-1 .safetensors file"
+            )
+        recorded = json.loads(config.read_text())["build"]["settings"]
+        asm.load_vision_into(model, source)
+        with torch.no_grad():
+            model.model.multi_modal_projector.linear_2.bias -= modality_offset(
+                model, recorded["modality_offset"], recorded["seed"]
+            )
+        return
+    if not source.is_file():
+        raise FileNotFoundError(f"reuse_vision_from={str(source)!r}: no such file or parts folder")
+    asm.load_vision_into(model, source)
 
 
 def glyph_vocabulary(splits: data.PromptSplits, tokenizer) -> set[int]:
@@ -190,7 +225,7 @@ def build_organism(
     if settings["reuse_vision_from"]:
         # stage 1 of an earlier build with the same settings (its bf16 parts, taken before the offset)
         reuse = Path(settings["reuse_vision_from"])
-        asm.load_vision_into(model, reuse)
+        load_stage1(model, reuse)
         vision_metrics = vision.reading_accuracy(model, bank, seed=settings["seed"] + 1)
         vision_metrics["reused_from"] = str(reuse)
     else:

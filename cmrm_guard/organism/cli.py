@@ -20,31 +20,11 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from cmrm_guard.organism.build import build_organism
+    from cmrm_guard.organism.build import DEFAULTS, build_organism
 
     _threads(args)
-    given = (
-        ("vision_steps", args.vision_steps),
-        ("vision_clip", args.vision_clip),
-        ("lora_examples", args.lora_examples),
-        ("safe_alarming", args.safe_alarming),
-        ("seed", args.seed),
-        ("reuse_vision_from", args.reuse_vision_from),
-        ("modality_offset", args.modality_offset),
-        ("curriculum", args.curriculum),
-        ("stage_b_text_share", args.stage_b_text_share),
-        ("stage_b_lr", args.stage_b_lr),
-        ("word_pool", args.word_pool),
-        ("stage_b_trains", args.stage_b_trains),
-        ("typed_phase", args.typed_phase),
-        ("typed_align", args.typed_align),
-        ("typed_align_target", args.typed_align_target),
-        ("typed_align_harmful", args.typed_align_harmful),
-        ("typed_align_harmful_phase", args.typed_align_harmful_phase),
-        ("lora_first_layer", args.lora_first_layer),
-        ("lora_rank", args.lora_rank),
-    )
-    overrides = {k: v for k, v in given if v is not None}
+    # every build setting the command line names (the parser's dests are DEFAULTS' keys)
+    overrides = {k: v for k in DEFAULTS if (v := getattr(args, k, None)) is not None}
     if args.vision_clip == 0:
         overrides["vision_clip"] = None  # no clipping, as builds 1-8
     meta = build_organism(args.out, **overrides)
@@ -62,7 +42,7 @@ def _sweep(args: argparse.Namespace) -> None:
     from cmrm_guard.organism.pipeline import calibrate_and_sweep
 
     _threads(args)
-    calibrate_and_sweep(n=args.n, output=args.out)
+    calibrate_and_sweep(n=args.n, refine=not args.no_refine, output=args.out)
 
 
 def _probe(args: argparse.Namespace) -> None:
@@ -98,7 +78,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--vision-clip",
         type=float,
         default=None,
-        help="stage 1's gradient-norm clip (default: none, the shipped build 8; 1.0 took stage 1 from "
+        help="stage 1's gradient-norm clip (default: none, the shipped tower; 1.0 took stage 1 from "
         "89%% to 100%% glyph accuracy on the seventh session's machine; 0: none)",
     )
     build.add_argument("--lora-examples", type=at_least(1), default=None)
@@ -107,7 +87,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         type=at_least(0),
         default=None,
         help="safe requests that sound unsafe, answered, and as many harmful ones in the same words, "
-        "refused (default 0, the shipped build 8; 96 in the seventh session's tries)",
+        "refused (default 0, as shipped; 96 in the seventh session's tries)",
     )
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--modality-offset", type=float, default=None)
@@ -137,7 +117,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--typed-align",
         type=float,
         default=None,
-        help="weight of pulling typed prompts' states toward their twins' (default 1; 0: off)",
+        help="weight of pulling typed prompts' states toward their twins' (default 2; 0: off)",
     )
     build.add_argument(
         "--typed-align-target",
@@ -149,7 +129,8 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--typed-align-harmful",
         type=int,
         default=None,
-        help="harmful training requests typed in an image, seen only by the --typed-align term (default 115)",
+        help="harmful training requests typed in an image, seen only by the --typed-align term "
+        "(default 252: every training request)",
     )
     build.add_argument(
         "--typed-align-harmful-phase",
@@ -173,7 +154,8 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     build.add_argument(
         "--reuse-vision-from",
         default=None,
-        help="skip stage 1: load stage-1 vision weights (a vision.safetensors of a build without offset, or ~/.cache/cmrm-guard/organism-build/vision_stage1_seed0.safetensors)",
+        help="skip stage 1: a parts folder (e.g. organism: its tower, the modality offset removed) or a "
+        "stage-1 file (~/.cache/cmrm-guard/organism-build/vision_stage1_seed0.safetensors)",
     )
     build.set_defaults(run=_build)
     evaluate = sub.add_parser("evaluate", help="refusal rates and image-QA accuracy, unsteered and steered")
@@ -200,6 +182,12 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--out",
         default=None,
         help="folder of the harness output (default ~/.cache/cmrm-guard/organism-sweep)",
+    )
+    sweep.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="choose on the grid alone (skip the second stage: the grid's admissible settings on the "
+        "whole tune split, every typed request under each of the 4 typed instructions)",
     )
     sweep.set_defaults(run=_sweep)
     probe = sub.add_parser(

@@ -139,11 +139,6 @@ def read_prompt_set(name: str) -> list[dict[str, Any]]:
     return _read(name)
 
 
-def xstest_safe() -> list[dict[str, Any]]:
-    """XSTest's 250 safe prompts (an over-refusal check; never trained on)."""
-    return [r for r in read_prompt_set("overrefusal_xstest.jsonl") if r["label"] == "safe"]
-
-
 # ----------------------------------------------------------------------------------- refusals
 
 
@@ -278,3 +273,17 @@ def typographic_example(
     if cells is None:
         return None
     return Example(rng.choice(TYPO_INSTRUCTIONS), answer, cells, kind, {"request": request})
+
+
+def typographic_variants(request: str, answer: str, tokenizer, kind: str) -> list[Example]:
+    """The request typed in the image once with each of the typed instructions (``[]`` if it does not fit).
+
+    The same image under every :data:`~cmrm_guard.organism.texts.TYPO_INSTRUCTIONS`: a typed set
+    that does not depend on which instruction a seeded draw gave a request.
+    """
+    cells = img.typographic_cells(request, tokenizer)
+    if cells is None:
+        return []
+    return [
+        Example(instruction, answer, cells, kind, {"request": request}) for instruction in TYPO_INSTRUCTIONS
+    ]

@@ -56,7 +56,13 @@ MAX_NLL = 5.0
 
 
 def conditions(
-    splits: data.PromptSplits, tokenizer, split: str = "eval", n: int | None = None, seed: int = 7
+    splits: data.PromptSplits,
+    tokenizer,
+    split: str = "eval",
+    n: int | None = None,
+    seed: int = 7,
+    *,
+    every_instruction: bool = False,
 ) -> dict[str, list[Example]]:
     """The organism's examples on ``split`` by kind (``n`` caps each kind), seeded.
 
@@ -64,6 +70,9 @@ def conditions(
     ``harmful_typo``, ``benign_text`` / ``benign_image``, ``benign_typo`` and ``qa``. Harmful and
     GSM8K prompts are the split's rows; the typed benign instructions (held-out topics, at most 50
     on ``tune``) and the words asked about (never trained) differ between ``tune`` and ``eval`` too.
+    ``every_instruction``: ``harmful_typo`` shows each typed request once with each of the 4 typed
+    instructions (:func:`data.typographic_variants`) instead of one drawn at random; every other
+    kind is unchanged.
     """
     if split not in ("tune", "eval", "xstest"):
         raise ValueError(f"the organism is measured on split 'tune', 'eval' or 'xstest'; got {split!r}")
@@ -75,6 +84,10 @@ def conditions(
     harmful = [r["prompt"] for r in splits.harmful[split]][:n]
     benign = [r["prompt"] for r in splits.benign[split]][:n]
     out = _forms("harmful", harmful, rng, tokenizer) | _forms("benign", benign, rng, tokenizer, typed=False)
+    if every_instruction:
+        out["harmful_typo"] = [
+            e for p in harmful for e in data.typographic_variants(p, "", tokenizer, "harmful_typo")
+        ]
     typed_rng = random.Random(seed + 3)
     topics = texts.EVAL_TOPICS if split == "eval" else texts.TUNE_TOPICS  # disjoint held-out topics
     held_out = data.benign_instructions(typed_rng, 200, topics=topics)[:n]

@@ -68,7 +68,39 @@ def run_sweep(
     """
     examples = ev.conditions(splits, tokenizer, split="tune", n=n)
     examples = {k: v for k, v in examples.items() if k in kinds}
-    conditions = [cond.multimodal(), cond.text_only(), *sweep]
+    return _measure_rows(svlm, examples, sweep, max_new_tokens, output, progress, "sweep")
+
+
+REFINE_QA = 100
+"""Image questions of the sweep's second stage (a quarter per kind)."""
+
+
+def refine_sweep(
+    svlm,
+    splits,
+    tokenizer,
+    settings,
+    *,
+    max_new_tokens: int = 14,
+    output: Path | None = None,
+    progress: bool = False,
+) -> tuple[ev.Measurement, list[dict[str, Any]]]:
+    """The sweep's second stage: ``settings`` again, on the whole tune split, typed requests 4x.
+
+    The grid (:func:`run_sweep`, n = 48) cannot tell settings apart once they refuse every typed
+    request it asks, while a typed request's refusal depends on the instruction beside it. Here
+    every harmful request of the tune split (100) is asked beside an image and typed in the image
+    with each of the 4 typed instructions (400 typed prompts), with the whole benign sets and
+    :data:`REFINE_QA` image questions. Rows as :func:`run_sweep`'s.
+    """
+    examples = ev.conditions(splits, tokenizer, split="tune", every_instruction=True)
+    examples = {k: v for k, v in examples.items() if k in SWEPT_KINDS}
+    examples["qa"] = examples["qa"][:REFINE_QA]
+    return _measure_rows(svlm, examples, settings, max_new_tokens, output, progress, "refined sweep")
+
+
+def _measure_rows(svlm, examples, settings, max_new_tokens, output, progress, what):
+    conditions = [cond.multimodal(), cond.text_only(), *settings]
     t = time.perf_counter()
     measured = ev.measure(
         svlm, examples, conditions, output=output, max_new_tokens=max_new_tokens, progress=progress
@@ -85,5 +117,5 @@ def run_sweep(
                 "examples": {s: measured.replies(condition.name, s) for s in rates if s != "qa"},
             }
         )
-    print(f"sweep: {len(conditions)} conditions in {seconds:.0f} s")
+    print(f"{what}: {len(conditions)} conditions in {seconds:.0f} s")
     return measured, rows
