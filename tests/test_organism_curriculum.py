@@ -321,3 +321,17 @@ def test_stage1_reused_from_a_parts_folder_loses_that_builds_modality_offset(tmp
         load_stage1(fresh, tmp_path)
     with pytest.raises(FileNotFoundError, match="no such file or parts folder"):
         load_stage1(fresh, tmp_path / "missing.safetensors")
+
+
+def test_build_names_a_bad_reuse_vision_from_before_loading_the_backbone(tmp_path, monkeypatch):
+    from cmrm_guard.organism import build
+
+    def no_backbone():
+        raise AssertionError("the backbone was loaded before the bad path was reported")
+
+    monkeypatch.setattr(build.bb, "load_backbone", no_backbone)
+    with pytest.raises(FileNotFoundError, match="no such file or parts folder"):
+        build.build_organism(tmp_path / "parts", reuse_vision_from=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="without organism_config.json"):
+        build.build_organism(tmp_path / "parts", reuse_vision_from=str(tmp_path))
+    assert not (tmp_path / "parts").exists()

@@ -163,24 +163,27 @@ def load_stage1(model, source: str | Path) -> None:
     after :func:`add_modality_offset`; the offset its ``organism_config.json`` records is
     subtracted, so a build can train a new LoRA on the shipped tower.
     """
-    source = Path(source)
+    source = check_stage1_source(source)
+    asm.load_vision_into(model, source)
     if source.is_dir():
-        config = source / "organism_config.json"
-        if not config.exists():
-            raise FileNotFoundError(
-                f"reuse_vision_from={str(source)!r} is a folder without organism_config.json: "
-                "expected a parts folder (organism/) or a stage-1 .safetensors file"
-            )
-        recorded = json.loads(config.read_text())["build"]["settings"]
-        asm.load_vision_into(model, source)
+        recorded = json.loads((source / "organism_config.json").read_text())["build"]["settings"]
         with torch.no_grad():
             model.model.multi_modal_projector.linear_2.bias -= modality_offset(
                 model, recorded["modality_offset"], recorded["seed"]
             )
-        return
-    if not source.is_file():
+
+
+def check_stage1_source(source: str | Path) -> Path:
+    """``source`` as a path if it is a stage-1 file or a parts folder, else a ``FileNotFoundError``."""
+    source = Path(source)
+    if source.is_dir() and not (source / "organism_config.json").exists():
+        raise FileNotFoundError(
+            f"reuse_vision_from={str(source)!r} is a folder without organism_config.json: "
+            "expected a parts folder (organism/) or a stage-1 .safetensors file"
+        )
+    if not source.exists():
         raise FileNotFoundError(f"reuse_vision_from={str(source)!r}: no such file or parts folder")
-    asm.load_vision_into(model, source)
+    return source
 
 
 def glyph_vocabulary(splits: data.PromptSplits, tokenizer) -> set[int]:
@@ -206,6 +209,8 @@ def build_organism(
     if unknown:
         raise TypeError(f"unknown build settings {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     check_settings(settings)
+    if settings["reuse_vision_from"]:
+        check_stage1_source(settings["reuse_vision_from"])  # before the backbone loads
     out = Path(out_dir or asm.repo_organism_dir())
     torch.manual_seed(settings["seed"])
     timings: dict[str, float] = {}
