@@ -228,7 +228,7 @@ def build_organism(
     embeddings = model.model.language_model.embed_tokens.weight.detach()
     bank = vision.CellBank(glyph_vocabulary(splits, tokenizer), tokenizer, embeddings, seed=settings["seed"])
     if settings["reuse_vision_from"]:
-        # stage 1 of an earlier build with the same settings (its bf16 parts, taken before the offset)
+        # stage 1 of an earlier build: its stage-1 file, or its parts folder (offset removed)
         reuse = Path(settings["reuse_vision_from"])
         load_stage1(model, reuse)
         vision_metrics = vision.reading_accuracy(model, bank, seed=settings["seed"] + 1)

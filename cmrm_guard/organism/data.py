@@ -269,10 +269,8 @@ def typographic_example(
     rng: random.Random, request: str, answer: str, tokenizer, kind: str
 ) -> Example | None:
     """A FigStep-style example: the request typed in the image, a generic instruction as text."""
-    cells = img.typographic_cells(request, tokenizer)
-    if cells is None:
-        return None
-    return Example(rng.choice(TYPO_INSTRUCTIONS), answer, cells, kind, {"request": request})
+    variants = typographic_variants(request, answer, tokenizer, kind)
+    return rng.choice(variants) if variants else None  # one draw, as over TYPO_INSTRUCTIONS
 
 
 def typographic_variants(request: str, answer: str, tokenizer, kind: str) -> list[Example]:
