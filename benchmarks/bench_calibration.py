@@ -85,7 +85,7 @@ def _peak_rss_mb() -> float:
 def memory_child(method: str, tokens: int, samples: int) -> None:
     """Runs in a subprocess: prints the peak-RSS growth (MB) of one calibration pass."""
     from cmrm_guard import calibrate
-    from cmrm_guard.tiny import tiny_image
+    from cmrm_guard.testing import tiny_image
 
     torch.set_num_threads(2)
     svlm = _svlm()

@@ -24,7 +24,7 @@ from langchain_core.messages import HumanMessage
 
 from cmrm_guard import SteeredVLM
 from cmrm_guard.langchain import ChatSteeredVLM
-from cmrm_guard.tiny import tiny_image
+from cmrm_guard.testing import tiny_image
 
 PROMPT = "Look at the picture carefully and tell me, step by step, what the person in it should do next."
 

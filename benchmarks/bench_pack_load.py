@@ -29,7 +29,7 @@ import torch
 from common import RESULTS, report
 
 from cmrm_guard import SteeredVLM, VectorPack
-from cmrm_guard.tiny import build_tiny_vlm
+from cmrm_guard.testing import build_tiny_vlm
 from cmrm_guard.vectors.pack import PackMeta
 
 LAYERS, HIDDEN = 32, 4096

@@ -21,7 +21,7 @@ from torch import nn
 
 from cmrm_guard import SteeredVLM, SteeringConfig
 from cmrm_guard.hooks import PromptPositions, steer
-from cmrm_guard.tiny import tiny_image
+from cmrm_guard.testing import tiny_image
 
 PROMPTS = [
     "Look at the picture carefully and tell me, step by step, what the person in it should do next.",

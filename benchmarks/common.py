@@ -35,7 +35,7 @@ def bench_vlm(seed: int = 0, image_geometry: tuple[int, int] | None = None) -> t
 
     ``image_geometry``: ``(image_size, patch_size)``; default 32 px / 8 px patches (16 image
     tokens), :data:`LLAVA_1_5_GEOMETRY` for LLaVA-1.5's 576."""
-    from cmrm_guard.tiny import build_tiny_vlm
+    from cmrm_guard.testing import build_tiny_vlm
 
     torch.manual_seed(seed)
     return build_tiny_vlm("llava", text_overrides=SMOLLM2_135M, image_geometry=image_geometry)

@@ -18,7 +18,7 @@ import torch
 from cmrm_guard.config import SteeringConfig
 from cmrm_guard.hooks import count_hooks
 from cmrm_guard.steered import SteeredVLM
-from cmrm_guard.tiny import build_tiny_vlm, tiny_image
+from cmrm_guard.testing import build_tiny_vlm, tiny_image
 from cmrm_guard.vectors.calibrate import calibrate
 
 CALIBRATION_PROMPTS = (

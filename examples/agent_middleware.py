@@ -6,7 +6,7 @@ Each reply's ``response_metadata`` says what was applied (``cmrm_steering``) and
 (``cmrm_guard``).
 
 It runs on the embedded tiny Qwen2-VL (random weights, built locally, nothing downloaded). A random
-model cannot decide to call a tool, so :class:`~cmrm_guard.langchain.scripted.ScriptedReplies`
+model cannot decide to call a tool, so :class:`~cmrm_guard.testing.scripted.ScriptedReplies`
 forces the reply tokens a small rule picks (call ``get_weather``; after its result, answer). The
 rest is the real path: the middleware, the chat template, the CMRM hooks, tool-call parsing, the
 agent loop. With a real model, drop ``generation_kwargs`` and load one with
@@ -30,8 +30,8 @@ from langchain_core.tools import tool
 
 from cmrm_guard import SteeredVLM, count_hooks
 from cmrm_guard.langchain import ChatSteeredVLM, CMRMGuardMiddleware
-from cmrm_guard.langchain.scripted import ScriptedReplies
-from cmrm_guard.tiny import build_tiny_vlm, tiny_image
+from cmrm_guard.testing import build_tiny_vlm, tiny_image
+from cmrm_guard.testing.scripted import ScriptedReplies
 
 
 @tool

@@ -17,7 +17,7 @@ from langchain_core.messages import HumanMessage
 
 from cmrm_guard import SteeredVLM, count_hooks
 from cmrm_guard.langchain import ChatSteeredVLM
-from cmrm_guard.tiny import build_tiny_vlm, tiny_image
+from cmrm_guard.testing import build_tiny_vlm, tiny_image
 
 
 def main(max_tokens: int = 12) -> dict:

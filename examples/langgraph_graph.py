@@ -7,7 +7,7 @@ this graph are bound once (``bind_tools(..., steering={...})``); a run can also 
 ["cmrm_steering"]`` says what was applied.
 
 It runs on the embedded tiny Qwen2-VL (random weights, built locally, nothing downloaded), with
-:class:`~cmrm_guard.langchain.scripted.ScriptedReplies` forcing the replies a small rule picks (a
+:class:`~cmrm_guard.testing.scripted.ScriptedReplies` forcing the replies a small rule picks (a
 random model cannot decide to call a tool); the rest is the real path. With a real model, drop
 ``generation_kwargs`` and use ``ChatSteeredVLM.from_pretrained(model_id, vectors="org/pack")``.
 
@@ -30,8 +30,8 @@ from langgraph.prebuilt import ToolNode, tools_condition
 
 from cmrm_guard import SteeredVLM, count_hooks
 from cmrm_guard.langchain import ChatSteeredVLM
-from cmrm_guard.langchain.scripted import ScriptedReplies
-from cmrm_guard.tiny import build_tiny_vlm, tiny_image
+from cmrm_guard.testing import build_tiny_vlm, tiny_image
+from cmrm_guard.testing.scripted import ScriptedReplies
 
 
 @tool

@@ -1,7 +1,7 @@
 """A LangGraph ReAct agent on ChatSteeredVLM: image question -> tool call -> tool -> answer, offline.
 
 The agent runs end to end on the embedded tiny Qwen2-VL (random weights, built locally). A random
-model cannot decide to call a tool, so :class:`~cmrm_guard.langchain.scripted.ScriptedReplies`
+model cannot decide to call a tool, so :class:`~cmrm_guard.testing.scripted.ScriptedReplies`
 forces the reply tokens a small rule picks (call ``get_weather``; after its result, answer). The
 rest is the real path: the chat template renders the tool schemas, CMRM hooks steer every model
 call, the ``<tool_call>`` text is parsed into ``AIMessage.tool_calls``, LangGraph runs the tool.
@@ -25,8 +25,8 @@ from langchain_core.tools import tool
 
 from cmrm_guard import SteeredVLM, count_hooks
 from cmrm_guard.langchain import ChatSteeredVLM
-from cmrm_guard.langchain.scripted import ScriptedReplies
-from cmrm_guard.tiny import build_tiny_vlm, tiny_image
+from cmrm_guard.testing import build_tiny_vlm, tiny_image
+from cmrm_guard.testing.scripted import ScriptedReplies
 
 
 @tool

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from cmrm_guard.tiny import GENERIC_MODEL_TYPE, TINY_MODEL_TYPES, build_tiny_vlm, tiny_image  # noqa: E402
+from cmrm_guard.testing import GENERIC_MODEL_TYPE, TINY_MODEL_TYPES, build_tiny_vlm, tiny_image  # noqa: E402
 
 ADAPTER_TYPES = tuple(t for t in TINY_MODEL_TYPES if t != GENERIC_MODEL_TYPE)
 

@@ -1,4 +1,4 @@
-"""The scripted "tool user" rule of the standard tests (see ``cmrm_guard.langchain.scripted``).
+"""The scripted "tool user" rule of the standard tests (see ``cmrm_guard.testing.scripted``).
 
 :func:`tool_user`: when tools are offered (Hermes ``<tools>`` block) and the last turn is a user
 question, it calls the tool the prompt forces (``Call the function X now.``) or the first tool named

@@ -21,7 +21,7 @@ from cmrm_guard.adapters import (
 )
 from cmrm_guard.adapters.base import module_path
 from cmrm_guard.errors import AdapterRegistrationError, UnsupportedArchitectureError
-from cmrm_guard.tiny import GENERIC_MODEL_TYPE
+from cmrm_guard.testing import GENERIC_MODEL_TYPE
 from tests.conftest import image_chat, random_vectors, tiny
 
 EXPECTED_ADAPTERS = {

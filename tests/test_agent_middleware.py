@@ -31,8 +31,8 @@ from cmrm_guard.errors import (  # noqa: E402
     PackMismatchError,
 )
 from cmrm_guard.langchain import ChatSteeredVLM, CMRMGuardMiddleware  # noqa: E402
-from cmrm_guard.langchain.scripted import ScriptedReplies  # noqa: E402
-from cmrm_guard.tiny import tiny_image  # noqa: E402
+from cmrm_guard.testing import tiny_image  # noqa: E402
+from cmrm_guard.testing.scripted import ScriptedReplies  # noqa: E402
 from cmrm_guard.vectors.pack import PackMeta, VectorPack  # noqa: E402
 from tests.conftest import random_vectors, tiny  # noqa: E402
 

@@ -13,7 +13,7 @@ from hub_fixtures import ALICE, LocalHub, local_hub
 
 from cmrm_guard import SteeredVLM, VectorPack, calibrate, count_hooks
 from cmrm_guard.cli import main
-from cmrm_guard.tiny import save_tiny_vlm
+from cmrm_guard.testing import save_tiny_vlm
 from cmrm_guard.vectors import data
 from tests.conftest import image_chat
 

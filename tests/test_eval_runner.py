@@ -20,7 +20,7 @@ from cmrm_guard.eval.judges import RefusalPhraseJudge, Verdict
 from cmrm_guard.eval.metrics import compute_metrics, wilson_interval
 from cmrm_guard.eval.prompts import PromptOverlapError, load_prompt_set, make_prompt
 from cmrm_guard.eval.runner import EvalResumeError, run_evaluation
-from cmrm_guard.tiny import save_tiny_vlm
+from cmrm_guard.testing import save_tiny_vlm
 from cmrm_guard.vectors.data import default_calibration_records
 from tests.conftest import tiny
 

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from cmrm_guard import SteeredVLM, SteeringConfig, count_hooks
 from cmrm_guard.errors import ConfigError, RemoteImageRefusedError, SteeringUnavailableError
 from cmrm_guard.langchain import ChatSteeredVLM
-from cmrm_guard.langchain.scripted import ScriptedReplies, constant
-from cmrm_guard.tiny import tiny_image
+from cmrm_guard.testing import tiny_image
+from cmrm_guard.testing.scripted import ScriptedReplies, constant
 from tests.conftest import image_chat, random_vectors, tiny
 
 
@@ -301,7 +301,7 @@ def test_remote_images_are_refused_through_invoke():
 
 
 def test_from_pretrained_splits_chat_fields_from_loading_arguments(tmp_path):
-    from cmrm_guard.tiny import save_tiny_vlm
+    from cmrm_guard.testing import save_tiny_vlm
 
     save_tiny_vlm("llava", tmp_path)
     llm = ChatSteeredVLM.from_pretrained(

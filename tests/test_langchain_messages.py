@@ -23,7 +23,7 @@ from cmrm_guard.errors import (
 from cmrm_guard.langchain.images import ImageLimits, load_image_block
 from cmrm_guard.langchain.messages import add_system_text, to_conversation
 from cmrm_guard.langchain.tools import parse_reply, visible_prefix
-from cmrm_guard.tiny import tiny_image
+from cmrm_guard.testing import tiny_image
 
 
 def _png(seed: int = 0, size: int = 32) -> bytes:

@@ -39,7 +39,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from cmrm_guard import SteeredVLM
 from cmrm_guard.langchain import ChatSteeredVLM
-from cmrm_guard.langchain.scripted import ScriptedReplies
+from cmrm_guard.testing.scripted import ScriptedReplies
 from tests.conftest import random_vectors, tiny
 from tests.langchain_rules import tool_user
 

@@ -7,7 +7,7 @@ import torch
 
 from cmrm_guard import SteeredVLM, SteeringConfig
 from cmrm_guard.errors import UnsupportedArchitectureError
-from cmrm_guard.tiny import TINY_MODEL_TYPES, build_tiny_vlm, load_tiny_processor, save_tiny_vlm
+from cmrm_guard.testing import TINY_MODEL_TYPES, build_tiny_vlm, load_tiny_processor, save_tiny_vlm
 from tests.conftest import image_chat, random_vectors
 
 NEEDS_VIDEO_PROCESSOR = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl"}

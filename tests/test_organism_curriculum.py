@@ -295,7 +295,7 @@ def test_stage1_reused_from_a_parts_folder_loses_that_builds_modality_offset(tmp
 
     from cmrm_guard.organism import assemble as asm
     from cmrm_guard.organism.build import add_modality_offset, load_stage1
-    from cmrm_guard.tiny import build_tiny_vlm
+    from cmrm_guard.testing import build_tiny_vlm
 
     model = build_tiny_vlm("llava")[0]
     bias = model.model.multi_modal_projector.linear_2.bias

@@ -13,7 +13,7 @@ import cmrm_guard.steered as steered_module
 from cmrm_guard import SteeredVLM, calibrate, count_hooks
 from cmrm_guard.errors import ConversationError
 from cmrm_guard.shared_prefix import common_prefix_length, image_runs, image_safe_length
-from cmrm_guard.tiny import GENERIC_MODEL_TYPE, build_tiny_vlm, tiny_image
+from cmrm_guard.testing import GENERIC_MODEL_TYPE, build_tiny_vlm, tiny_image
 
 PROMPTS = ["what is this?", "describe the picture in many words please", "hi", "count the things"]
 

@@ -1,6 +1,6 @@
 """Tool calls in generated text: the Hermes / Qwen format, parsed into LangChain tool calls.
 
-Qwen-family chat templates (and the tiny Qwen template of :mod:`cmrm_guard.tiny`) ask the model to
+Qwen-family chat templates (and the tiny Qwen template of :mod:`cmrm_guard.testing`) ask the model to
 answer a tool call as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. This module:
 
 - :func:`tool_instructions` writes the same instructions as text, for chat templates that ignore

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised, real vision-language models for tests and the offline demo.
+"""Tiny, randomly initialised, real vision-language models of every supported architecture.
 
 Every builder here constructs a genuine ``transformers`` ``*ForConditionalGeneration`` model from its
 real configuration class, shrunk to about 200k parameters, together with the genuine processor of
@@ -46,16 +46,12 @@ import functools
 import inspect
 import json
 import os
-import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 import torch
 import transformers
-from PIL import Image, ImageDraw
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoImageProcessor,
     AutoProcessor,
@@ -100,6 +96,19 @@ from transformers import (
 from transformers.utils import CHAT_TEMPLATE_FILE, PROCESSOR_NAME, is_torchvision_available
 
 from cmrm_guard.errors import ConfigError
+from cmrm_guard.testing.images import tiny_image
+from cmrm_guard.testing.tokenizers import (
+    GEMMA3_TEMPLATE,
+    GEMMA3_TOKENS,
+    INTERNVL_TEMPLATE,
+    INTERNVL_TOKENS,
+    LLAVA_TEMPLATE,
+    LLAVA_TOKENS,
+    QWEN_TEMPLATE,
+    QWEN_TOKENS,
+    build_tokenizer,
+    token_id,
+)
 
 __all__ = [
     "GENERIC_MODEL_TYPE",
@@ -133,284 +142,6 @@ _INTERMEDIATE = 128
 _VISION_HIDDEN = 32
 _VISION_HEADS = 2
 _VISION_INTERMEDIATE = 64
-# Number of learned BPE merges on top of the 256 byte symbols and the special tokens.
-_BPE_MERGES = 160
-
-# The text the tiny BPE is trained on: chat words, image words and ordinary English.
-_CORPUS: tuple[str, ...] = (
-    "USER: ASSISTANT: SYSTEM: user assistant system model",
-    "what is in this picture? what is in the image? describe the image in detail.",
-    "Describe this photo. What do you see? Is there a cat or a dog in this picture?",
-    "a red square and a blue circle on a green background, with a yellow line.",
-    "There is a small black box next to a white triangle. The sky is blue.",
-    "You are a helpful assistant. Answer the question briefly and honestly.",
-    "How many objects are there? What colour is the shape? Where is it?",
-    "I cannot help with that. Sure, here is the answer: it is a picture of a house.",
-    "The quick brown fox jumps over the lazy dog. Hello world! Yes, no, maybe.",
-    "one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9",
-    "Tell me a story about the people, the animals and the things in the scene.",
-)
-
-
-@dataclass(frozen=True)
-class _TokenizerSpec:
-    """What a family's tokenizer needs on top of the shared byte-level BPE.
-
-    Attributes:
-        special: Special tokens, in id order, added before the learned vocabulary.
-        named: Named special tokens passed to the tokenizer (``bos_token``, ``image_token``, ...).
-        chat_template: The Jinja chat template of the family.
-    """
-
-    special: tuple[str, ...]
-    named: Mapping[str, str] = field(default_factory=dict)
-    chat_template: str = ""
-
-
-# --------------------------------------------------------------------------------------------------
-# Chat templates. Each supports string content and content lists of {"type": "image"} and
-# {"type": "text"} items, system/user/assistant roles and add_generation_prompt.
-# --------------------------------------------------------------------------------------------------
-
-_LLAVA_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{- 'SYSTEM: ' -}}"
-    "{%- elif message['role'] == 'user' -%}{{- 'USER: ' -}}"
-    "{%- else -%}{{- 'ASSISTANT: ' -}}{%- endif -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{- '<image>\n' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
-    "{{- ' ' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
-
-# Qwen also renders tools the Hermes way Qwen2.5 does: a system turn listing the JSON schemas,
-# assistant tool calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results as a
-# user turn in <tool_response> tags. Without tools / tool messages the output is unchanged.
-_QWEN_TEMPLATE = (
-    "{%- if tools -%}"
-    "{{- '<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the user "
-    "query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>' -}}"
-    "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
-    "{{- '\n</tools>\n\nFor each function call, return a json object with function name and "
-    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-    '{"name": <function-name>, "arguments": <args-json-object>}'
-    "\n</tool_call><|im_end|>\n' -}}"
-    "{%- endif -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'tool' -%}{{- '<|im_start|>user\n<tool_response>\n' -}}"
-    "{%- else -%}{{- '<|im_start|>' + message['role'] + '\n' -}}{%- endif -%}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- if message['role'] == 'assistant' and message['tool_calls'] is defined -%}"
-    "{%- for call in message['tool_calls'] -%}"
-    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
-    "{{- '\n<tool_call>\n' + ({'name': fn['name'], 'arguments': fn['arguments']} | tojson)"
-    " + '\n</tool_call>' -}}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- if message['role'] == 'tool' -%}{{- '\n</tool_response>' -}}{%- endif -%}"
-    "{{- '<|im_end|>\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
-)
-
-_INTERNVL_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{- '<IMG_CONTEXT>\n' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
-)
-
-_GEMMA3_TEMPLATE = (
-    "{{- bos_token -}}"
-    "{%- for message in messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{- '<start_of_turn>' + role + '\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{- '<start_of_image>' -}}"
-    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<end_of_turn>\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"
-)
-
-_LLAVA_TOKENS = _TokenizerSpec(
-    special=("<unk>", "<s>", "</s>", "<pad>", "<image>"),
-    named=MappingProxyType(
-        {
-            "unk_token": "<unk>",
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "pad_token": "<pad>",
-            "image_token": "<image>",
-        }
-    ),
-    chat_template=_LLAVA_TEMPLATE,
-)
-
-_QWEN_TOKENS = _TokenizerSpec(
-    special=(
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|vision_pad|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ),
-    named=MappingProxyType({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
-    chat_template=_QWEN_TEMPLATE,
-)
-
-_INTERNVL_TOKENS = _TokenizerSpec(
-    special=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
-    named=MappingProxyType(
-        {
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|endoftext|>",
-            "start_image_token": "<img>",
-            "end_image_token": "</img>",
-            "context_image_token": "<IMG_CONTEXT>",
-            "video_token": "<video>",
-        }
-    ),
-    chat_template=_INTERNVL_TEMPLATE,
-)
-
-_GEMMA3_TOKENS = _TokenizerSpec(
-    special=(
-        "<pad>",
-        "<eos>",
-        "<bos>",
-        "<unk>",
-        "<start_of_turn>",
-        "<end_of_turn>",
-        "<start_of_image>",
-        "<end_of_image>",
-        "<image_soft_token>",
-    ),
-    named=MappingProxyType(
-        {
-            "pad_token": "<pad>",
-            "eos_token": "<eos>",
-            "bos_token": "<bos>",
-            "unk_token": "<unk>",
-            "boi_token": "<start_of_image>",
-            "eoi_token": "<end_of_image>",
-            "image_token": "<image_soft_token>",
-        }
-    ),
-    chat_template=_GEMMA3_TEMPLATE,
-)
-
-
-# --------------------------------------------------------------------------------------------------
-# Images
-# --------------------------------------------------------------------------------------------------
-
-
-def tiny_image(seed: int = 0, size: int = 32) -> Image.Image:
-    """Draws a small deterministic RGB test image: a coloured background, noise and two shapes.
-
-    Args:
-        seed: Selects the colours, the noise and the shape positions; equal seeds give equal images.
-        size: Width and height in pixels.
-
-    Returns:
-        An RGB ``PIL.Image.Image`` of ``size`` x ``size`` pixels.
-    """
-    rng = random.Random(seed)
-
-    def colour() -> tuple[int, int, int]:
-        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-
-    image = Image.new("RGB", (size, size), colour())
-    noise = bytes(rng.randrange(256) for _ in range(size * size * 3))
-    image = Image.blend(image, Image.frombytes("RGB", (size, size), noise), alpha=0.25)
-    draw = ImageDraw.Draw(image)
-    for draw_shape in (draw.rectangle, draw.ellipse):
-        x0, y0 = rng.randrange(size // 2), rng.randrange(size // 2)
-        x1, y1 = x0 + rng.randrange(size // 4, size // 2 + 1), y0 + rng.randrange(size // 4, size // 2 + 1)
-        draw_shape((x0, y0, x1, y1), fill=colour())
-    return image
-
-
-# --------------------------------------------------------------------------------------------------
-# Tokenizer
-# --------------------------------------------------------------------------------------------------
-
-
-def _build_tokenizer(spec: _TokenizerSpec) -> PreTrainedTokenizerFast:
-    """Trains a byte-level BPE over :data:`_CORPUS` and wraps it with the family's special tokens.
-
-    Every string can be encoded (the 256 byte symbols are in the vocabulary) and decoded back
-    exactly. The special tokens take the first ids, in the order of ``spec.special``. No special
-    token is added automatically when encoding: the chat templates write ``bos_token`` themselves.
-    Special tokens without a name (``<|im_start|>``, ``<|vision_start|>``, ...) are declared as
-    ``extra_special_tokens``, like in the released tokenizers.
-
-    Args:
-        spec: The family's special tokens and chat template.
-
-    Returns:
-        A left-padding ``PreTrainedTokenizerFast`` with the chat template and named special tokens set.
-    """
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(spec.special) + 256 + _BPE_MERGES,
-        special_tokens=list(spec.special),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(_CORPUS, trainer=trainer)
-    named = set(spec.named.values())
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        chat_template=spec.chat_template,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-        extra_special_tokens=[token for token in spec.special if token not in named],
-        **spec.named,
-    )
-
-
-def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
-    """Returns the id of a token that must exist in the vocabulary.
-
-    Args:
-        tokenizer: The tokenizer to look the token up in.
-        token: The token string.
-
-    Returns:
-        The token id.
-
-    Raises:
-        KeyError: If the token is not in the vocabulary.
-    """
-    token_id = tokenizer.get_vocab().get(token)
-    if token_id is None:
-        raise KeyError(f"token {token!r} is not in the tiny vocabulary")
-    return token_id
-
 
 # --------------------------------------------------------------------------------------------------
 # Processors whose video processor needs torchvision
@@ -527,12 +258,12 @@ def _build_llava(image_size: int = 32, patch_size: int = 8) -> _Parts:
     Returns:
         The model class, its config and the processor.
     """
-    tokenizer = _build_tokenizer(_LLAVA_TOKENS)
+    tokenizer = build_tokenizer(LLAVA_TOKENS)
     image_tokens = (image_size // patch_size) ** 2
     config = LlavaConfig(
         vision_config=_clip_vision(image_size, patch_size),
         text_config=LlamaConfig(**_text_kwargs(tokenizer)),
-        image_token_index=_token_id(tokenizer, "<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         image_seq_length=image_tokens,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
@@ -546,7 +277,7 @@ def _build_llava(image_size: int = 32, patch_size: int = 8) -> _Parts:
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=_LLAVA_TEMPLATE,
+        chat_template=LLAVA_TEMPLATE,
     )
     return _Parts(LlavaForConditionalGeneration, config, processor)
 
@@ -558,12 +289,12 @@ def _build_llava_next() -> _Parts:
         The model class, its config and the processor.
     """
     image_size, patch_size = 32, 16
-    tokenizer = _build_tokenizer(_LLAVA_TOKENS)
+    tokenizer = build_tokenizer(LLAVA_TOKENS)
     pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
     config = LlavaNextConfig(
         vision_config=_clip_vision(image_size, patch_size),
         text_config=LlamaConfig(**_text_kwargs(tokenizer)),
-        image_token_index=_token_id(tokenizer, "<image>"),
+        image_token_index=token_id(tokenizer, "<image>"),
         image_grid_pinpoints=pinpoints,
         image_seq_length=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="default",
@@ -580,7 +311,7 @@ def _build_llava_next() -> _Parts:
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=_LLAVA_TEMPLATE,
+        chat_template=LLAVA_TEMPLATE,
     )
     return _Parts(LlavaNextForConditionalGeneration, config, processor)
 
@@ -589,16 +320,16 @@ def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     """Returns the vision token ids a Qwen-VL config needs.
 
     Args:
-        tokenizer: A tokenizer built from ``_QWEN_TOKENS``.
+        tokenizer: A tokenizer built from ``QWEN_TOKENS``.
 
     Returns:
         ``image_token_id``, ``video_token_id``, ``vision_start_token_id`` and ``vision_end_token_id``.
     """
     return {
-        "image_token_id": _token_id(tokenizer, "<|image_pad|>"),
-        "video_token_id": _token_id(tokenizer, "<|video_pad|>"),
-        "vision_start_token_id": _token_id(tokenizer, "<|vision_start|>"),
-        "vision_end_token_id": _token_id(tokenizer, "<|vision_end|>"),
+        "image_token_id": token_id(tokenizer, "<|image_pad|>"),
+        "video_token_id": token_id(tokenizer, "<|video_pad|>"),
+        "vision_start_token_id": token_id(tokenizer, "<|vision_start|>"),
+        "vision_end_token_id": token_id(tokenizer, "<|vision_end|>"),
     }
 
 
@@ -637,7 +368,7 @@ def _build_qwen2_vl() -> _Parts:
         The model class, its config and the processor.
     """
     patch_size = 8
-    tokenizer = _build_tokenizer(_QWEN_TOKENS)
+    tokenizer = build_tokenizer(QWEN_TOKENS)
     config = Qwen2VLConfig(
         text_config={**_text_kwargs(tokenizer), "rope_parameters": _qwen_rope()},
         vision_config={
@@ -656,7 +387,7 @@ def _build_qwen2_vl() -> _Parts:
         Qwen2VLProcessor,
         image_processor=_qwen_image_processor(patch_size),
         tokenizer=tokenizer,
-        chat_template=_QWEN_TEMPLATE,
+        chat_template=QWEN_TEMPLATE,
     )
     return _Parts(Qwen2VLForConditionalGeneration, config, processor)
 
@@ -668,7 +399,7 @@ def _build_qwen2_5_vl() -> _Parts:
         The model class, its config and the processor.
     """
     patch_size = 8
-    tokenizer = _build_tokenizer(_QWEN_TOKENS)
+    tokenizer = build_tokenizer(QWEN_TOKENS)
     config = Qwen2_5_VLConfig(
         text_config={**_text_kwargs(tokenizer), "rope_parameters": _qwen_rope()},
         vision_config={
@@ -689,7 +420,7 @@ def _build_qwen2_5_vl() -> _Parts:
         Qwen2_5_VLProcessor,
         image_processor=_qwen_image_processor(patch_size),
         tokenizer=tokenizer,
-        chat_template=_QWEN_TEMPLATE,
+        chat_template=QWEN_TEMPLATE,
     )
     return _Parts(Qwen2_5_VLForConditionalGeneration, config, processor)
 
@@ -701,7 +432,7 @@ def _build_qwen3_vl() -> _Parts:
         The model class, its config and the processor.
     """
     patch_size = 8
-    tokenizer = _build_tokenizer(_QWEN_TOKENS)
+    tokenizer = build_tokenizer(QWEN_TOKENS)
     config = Qwen3VLConfig(
         text_config={
             **_text_kwargs(tokenizer),
@@ -726,7 +457,7 @@ def _build_qwen3_vl() -> _Parts:
         Qwen3VLProcessor,
         image_processor=_qwen_image_processor(patch_size),
         tokenizer=tokenizer,
-        chat_template=_QWEN_TEMPLATE,
+        chat_template=QWEN_TEMPLATE,
     )
     return _Parts(Qwen3VLForConditionalGeneration, config, processor)
 
@@ -738,7 +469,7 @@ def _build_internvl() -> _Parts:
         The model class, its config and the processor.
     """
     image_size, patch_size, downsample_ratio = 32, 8, 0.5
-    tokenizer = _build_tokenizer(_INTERNVL_TOKENS)
+    tokenizer = build_tokenizer(INTERNVL_TOKENS)
     image_seq_length = int((image_size // patch_size) ** 2 * downsample_ratio**2)
     config = InternVLConfig(
         vision_config=InternVLVisionConfig(
@@ -750,7 +481,7 @@ def _build_internvl() -> _Parts:
             patch_size=[patch_size, patch_size],
         ),
         text_config=Qwen2Config(**_text_kwargs(tokenizer)),
-        image_token_id=_token_id(tokenizer, "<IMG_CONTEXT>"),
+        image_token_id=token_id(tokenizer, "<IMG_CONTEXT>"),
         image_seq_length=image_seq_length,
         downsample_ratio=downsample_ratio,
     )
@@ -762,7 +493,7 @@ def _build_internvl() -> _Parts:
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_length=image_seq_length,
-        chat_template=_INTERNVL_TEMPLATE,
+        chat_template=INTERNVL_TEMPLATE,
     )
     return _Parts(InternVLForConditionalGeneration, config, processor)
 
@@ -774,7 +505,7 @@ def _build_gemma3() -> _Parts:
         The model class, its config and the processor.
     """
     image_size, patch_size, image_tokens = 32, 8, 4
-    tokenizer = _build_tokenizer(_GEMMA3_TOKENS)
+    tokenizer = build_tokenizer(GEMMA3_TOKENS)
     config = Gemma3Config(
         text_config=Gemma3TextConfig(
             **_text_kwargs(tokenizer),
@@ -792,16 +523,16 @@ def _build_gemma3() -> _Parts:
             patch_size=patch_size,
         ),
         mm_tokens_per_image=image_tokens,
-        boi_token_index=_token_id(tokenizer, "<start_of_image>"),
-        eoi_token_index=_token_id(tokenizer, "<end_of_image>"),
-        image_token_index=_token_id(tokenizer, "<image_soft_token>"),
+        boi_token_index=token_id(tokenizer, "<start_of_image>"),
+        eoi_token_index=token_id(tokenizer, "<end_of_image>"),
+        image_token_index=token_id(tokenizer, "<image_soft_token>"),
     )
     image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
     processor = Gemma3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_length=image_tokens,
-        chat_template=_GEMMA3_TEMPLATE,
+        chat_template=GEMMA3_TEMPLATE,
     )
     return _Parts(Gemma3ForConditionalGeneration, config, processor)
 

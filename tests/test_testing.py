@@ -1,4 +1,4 @@
-"""The tiny real VLMs of :mod:`cmrm_guard.tiny` build, run, generate and round-trip through disk."""
+"""The tiny real VLMs of :mod:`cmrm_guard.testing` build, run, generate and round-trip through disk."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from cmrm_guard.tiny import (
+from cmrm_guard.testing import (
     GENERIC_MODEL_TYPE,
     TEXT_LAYERS,
     TINY_MODEL_TYPES,
