@@ -174,7 +174,8 @@ class _ForwardState:
         key = (hidden.device, hidden.dtype)
         mask = self.masks.get(key)
         if mask is None:
-            selected: Tensor = self.selected  # type: ignore[assignment]  (a tensor on this path)
+            selected = self.selected
+            assert isinstance(selected, Tensor)  # masks are asked for only where rows are selected
             mask = selected.to(device=hidden.device, dtype=hidden.dtype).unsqueeze(-1)
             self.masks[key] = mask
         return mask

@@ -77,7 +77,8 @@ class VLMAdapter:
     # ----------------------------------------------------------------------------------- layers
     def text_config(self, model: nn.Module) -> Any:
         """The language model's config (``config.get_text_config()``)."""
-        return unwrap_model(model).config.get_text_config()
+        config: Any = unwrap_model(model).config
+        return config.get_text_config()
 
     def num_layers(self, model: nn.Module) -> int:
         """Number of decoder layers the text config declares."""
@@ -89,7 +90,8 @@ class VLMAdapter:
 
     def find_decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """Locate the decoder layer list (unchecked); subclasses override this, not the checks."""
-        decoder = model.get_decoder()
+        get_decoder: Any = model.get_decoder
+        decoder = get_decoder()
         layers = getattr(decoder, "layers", None)
         if decoder is model or not isinstance(layers, nn.ModuleList):
             raise UnsupportedArchitectureError(
@@ -100,7 +102,7 @@ class VLMAdapter:
             )
         return layers
 
-    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList | nn.Sequential:
         """The language decoder's layers, checked against the text config and the vision tower.
 
         Raises:

@@ -355,13 +355,16 @@ class LLMJudge:
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         """Grade pairs with one ``batch`` call on the chat model."""
+        from langchain_core.language_models import LanguageModelInput
         from langchain_core.messages import HumanMessage
 
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: give one of each")
         if not prompts:
             return []
-        messages = [[HumanMessage(self.prompt_for(p, r))] for p, r in zip(prompts, responses, strict=True)]
+        messages: list[LanguageModelInput] = [
+            [HumanMessage(self.prompt_for(p, r))] for p, r in zip(prompts, responses, strict=True)
+        ]
         answers = self.chat_model.batch(messages, config={"max_concurrency": self.max_concurrency})
         verdicts = []
         for answer in answers:

@@ -88,7 +88,7 @@ def compute_metrics(data: Mapping[str, Any]) -> dict[str, Any]:
         entry["counts"] = dict(counts, utility=correct["all"][1] if "all" in correct else 0)
         if "all" in correct:
             entry["utility"] = {
-                "accuracy": proportion(*correct["all"], CHECKER),
+                "accuracy": proportion(correct["all"][0], correct["all"][1], CHECKER),
                 "by_source": {s: proportion(k, n, CHECKER) for s, (k, n) in correct.items() if s != "all"},
             }
         out[condition] = entry

@@ -138,7 +138,7 @@ class EvalPrompt:
 
     def record(self) -> dict[str, Any]:
         """JSON form stored in results files (no image)."""
-        out = {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "style": self.style,
             "request": self.request,
@@ -150,7 +150,7 @@ class EvalPrompt:
         if self.image_path:
             out["image_path"] = self.image_path
         if self.answer is not None:
-            out.update(answer=self.answer, answer_type=self.answer_type, needs_image=self.needs_image)
+            out |= {"answer": self.answer, "answer_type": self.answer_type, "needs_image": self.needs_image}
         return out
 
 

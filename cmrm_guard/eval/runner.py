@@ -186,7 +186,7 @@ def run_evaluation(
     wrappers: dict[str | None, Any] = {None: svlm}
     for condition in conditions:
         if condition.kind == "dataset" and condition.pack not in wrappers:
-            if condition.pack not in packs:
+            if condition.pack is None or condition.pack not in packs:
                 raise ConfigError(
                     f"condition {condition.name!r} uses pack {condition.pack!r}, but packs holds "
                     f"{sorted(packs) or 'none'}: pass packs={{{condition.pack!r}: ...}}"
@@ -204,7 +204,11 @@ def run_evaluation(
                     strict=True,
                 )
             )
-    size = tuple(image_size) if image_size else svlm.adapter.default_image_size(svlm.processor)
+    size: tuple[int, int] = (
+        (int(image_size[0]), int(image_size[1]))
+        if image_size
+        else svlm.adapter.default_image_size(svlm.processor)
+    )
     folder = Path(output) if output is not None else None
     generation = {"max_new_tokens": int(max_new_tokens), "do_sample": False, **dict(generate_kwargs or {})}
     header = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
@@ -11,6 +11,7 @@ from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser,
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel
 
 from cmrm_guard.errors import ConfigError
 
@@ -41,7 +42,7 @@ def structured_output(
         name = tool["function"]["name"]
         bound = llm.bind_tools([schema], tool_choice=name, ls_structured_output_format=trace)
         parser: Runnable = (
-            PydanticToolsParser(tools=[schema], first_tool_only=True)
+            PydanticToolsParser(tools=[cast(type[BaseModel], schema)], first_tool_only=True)
             if is_pydantic
             else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
         )
@@ -50,7 +51,11 @@ def structured_output(
         if method == "json_schema":
             response_format = {"type": "json_schema", "schema": convert_to_json_schema(schema)}
         bound = llm.bind(response_format=response_format, ls_structured_output_format=trace)
-        parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
+        parser = (
+            PydanticOutputParser(pydantic_object=cast(type[BaseModel], schema))
+            if is_pydantic
+            else JsonOutputParser()
+        )
     else:
         raise ConfigError(f"method={method!r}: expected 'function_calling', 'json_schema' or 'json_mode'")
     if not include_raw:

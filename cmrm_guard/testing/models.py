@@ -52,6 +52,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import torch
 import transformers
+from torch import nn
 from transformers import (
     AutoImageProcessor,
     AutoProcessor,
@@ -181,8 +182,9 @@ def build_processor_without_video(processor_class: type[_P], **kwargs: object) -
         The processor instance.
     """
     processor = processor_class.__new__(processor_class)
-    processor.get_attributes = functools.partial(_attributes_without_video, processor_class)
-    processor.__init__(**kwargs)
+    # an instance attribute shadows the classmethod for this object only
+    processor.get_attributes = functools.partial(_attributes_without_video, processor_class)  # type: ignore[method-assign]
+    processor_class.__init__(processor, **kwargs)
     return processor
 
 
@@ -191,7 +193,7 @@ def build_processor_without_video(processor_class: type[_P], **kwargs: object) -
 # --------------------------------------------------------------------------------------------------
 
 
-def _text_kwargs(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+def _text_kwargs(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
     """Returns the decoder sizes and token ids shared by every tiny language model.
 
     Args:
@@ -316,7 +318,7 @@ def _build_llava_next() -> _Parts:
     return _Parts(LlavaNextForConditionalGeneration, config, processor)
 
 
-def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+def _qwen_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
     """Returns the vision token ids a Qwen-VL config needs.
 
     Args:
@@ -348,7 +350,7 @@ def _qwen_image_processor(patch_size: int) -> Qwen2VLImageProcessorPil:
     )
 
 
-def _qwen_rope(**extra: object) -> dict[str, object]:
+def _qwen_rope(**extra: Any) -> dict[str, Any]:
     """Returns multimodal rotary parameters sized for the tiny head dimension.
 
     Args:
@@ -687,7 +689,7 @@ def _instantiate(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
-    model.to(dtype)
+    nn.Module.to(model, dtype)  # PreTrainedModel.to's wrapper hides Module.to's signature from type checkers
     model.eval()
     text_config = config.get_text_config()
     generation = model.generation_config

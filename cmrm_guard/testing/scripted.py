@@ -11,7 +11,7 @@ short free replies under a ``max_tokens`` long enough for scripted tool calls).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import LogitsProcessor
@@ -45,11 +45,11 @@ class ScriptedReplies(LogitsProcessor):
                 return scores
             out = torch.full_like(scores, float("-inf"))
             out[:, self.eos] = 0.0
-            return out
+            return cast(torch.FloatTensor, out)
         token = self._target[step] if step < len(self._target) else self.eos
         out = torch.full_like(scores, float("-inf"))
         out[:, token] = 0.0
-        return out
+        return cast(torch.FloatTensor, out)
 
 
 def constant(reply: str) -> Callable[[str], str]:
