@@ -358,10 +358,11 @@ def _fetch_files(
     folder: Path | None = None
     for name in sorted(sizes):
         deadline.check()
+        # a factory, not a tqdm class: huggingface_hub calls it with the bar's keyword arguments
+        bar: Any = functools.partial(_DeadlineBar, deadline, name, MAX_FILE_BYTES[name])
         path = hf_hub_download(
             repo_id, name, revision=sha, token=token, cache_dir=cache_dir, endpoint=endpoint,
-            etag_timeout=max(deadline.remaining(), 0.001),
-            tqdm_class=functools.partial(_DeadlineBar, deadline, name, MAX_FILE_BYTES[name]),  # type: ignore[arg-type]
+            etag_timeout=max(deadline.remaining(), 0.001), tqdm_class=bar,
             library_name=LIBRARY_NAME, library_version=_library_version(),
         )  # fmt: skip
         folder = Path(path).parent
