@@ -20,6 +20,7 @@ from cmrm_guard.errors import (
     CMRMError,
     ConfigError,
     HubAuthError,
+    HubError,
     HubServerError,
     HubTimeoutError,
     PackError,
@@ -197,3 +198,14 @@ def test_a_missing_local_folder_is_named(tmp_path: Path) -> None:
     assert re.search(
         "does not exist", str(pytest.raises(PackError, VectorPack.from_pretrained, "./nope").value)
     )
+
+
+def test_an_unreachable_hub_is_a_named_error(hub: LocalHub) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(HubError) as info:
+        VectorPack.from_pretrained(REPO, endpoint=f"http://127.0.0.1:{port}", timeout_s=3)
+    assert isinstance(info.value, OSError) and isinstance(info.value, CMRMError)
