@@ -8,7 +8,12 @@ A pack on disk (a folder or a Hub repo) is three files and nothing else:
 
 Loading never unpickles anything: tensors are read with safetensors only, and a pack that is
 incomplete, altered, newer than this library or carrying foreign files is refused with a
-:class:`~cmrm_guard.errors.PackError` naming the file and the way out.
+:class:`~cmrm_guard.errors.PackError` naming the file and the way out. So is a pack whose
+``pack_config.json`` has no ``shifts_sha256``, a value of the wrong JSON type (no coercion), nesting
+deeper than :data:`MAX_CONFIG_DEPTH` or a file over its size limit (``hub.MAX_FILE_BYTES``); a symbolic
+link leading out of the folder; a tensor name other than ``layers.<i>.shift`` (ASCII digits, no leading
+zeros); or a dtype outside :data:`SHIFT_DTYPES`. Provenance (``meta.repo_id`` / ``meta.revision``) is set
+only by a Hub download, never read from a file.
 """
 
 from __future__ import annotations
