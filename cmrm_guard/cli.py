@@ -11,10 +11,43 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from cmrm_guard.errors import CMRMError
+from cmrm_guard.errors import CMRMError, ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def check_device_map(device_map: str | None) -> None:
+    """Refuse a CUDA ``--device-map`` when this torch has no usable CUDA device (before any model loads)."""
+    if not device_map or not device_map.strip().lower().startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = (
+            "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        )
+        raise ConfigError(
+            f"--device-map {device_map!r}: {why}; use --device-map cpu, or install a CUDA build of torch"
+        )
+
+
+def _hub_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0; got {text!r}")
+    return value
 
 
 def _layers(text: str) -> list[int]:
@@ -95,6 +128,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     if args.dtype != "auto":
         kwargs["dtype"] = getattr(torch, args.dtype)
     if args.device_map:
+        check_device_map(args.device_map)
         kwargs["device_map"] = args.device_map
     svlm = SteeredVLM.from_pretrained(args.model, revision=args.revision, **kwargs)
     size = svlm.adapter.default_image_size(svlm.processor)
@@ -122,7 +156,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 def _push(args: argparse.Namespace) -> None:
     from cmrm_guard.vectors.pack import VectorPack
 
-    pack = VectorPack.from_pretrained(args.pack)
+    pack = VectorPack.from_pretrained(Path(args.pack))  # always the local folder
     commit = pack.push_to_hub(
         args.repo_id,
         private=args.private,
@@ -130,6 +164,7 @@ def _push(args: argparse.Namespace) -> None:
         revision=args.revision,
         commit_message=args.commit_message,
         create_pr=args.create_pr,
+        timeout_s=args.timeout,
     )
     print(f"pushed {args.pack} to {args.repo_id}: {commit}")
 
@@ -137,7 +172,7 @@ def _push(args: argparse.Namespace) -> None:
 def _pull(args: argparse.Namespace) -> None:
     from cmrm_guard.vectors.pack import VectorPack
 
-    pack = VectorPack.from_pretrained(args.repo_id, revision=args.revision, token=args.token)
+    pack = VectorPack.from_hub(args.repo_id, revision=args.revision, token=args.token, timeout_s=args.timeout)
     print(f"pulled {args.repo_id} at commit {pack.meta.revision}: {pack!r}")
     if args.output:
         folder = pack.save_pretrained(args.output)
@@ -147,7 +182,10 @@ def _pull(args: argparse.Namespace) -> None:
 def _inspect(args: argparse.Namespace) -> None:
     from cmrm_guard.vectors.pack import VectorPack
 
-    pack = VectorPack.from_pretrained(args.pack, revision=args.revision, token=args.token)
+    pack = VectorPack.from_pretrained(
+        args.pack, revision=args.revision, token=args.token, timeout_s=args.timeout
+    )
+    print(f"provenance: {pack.provenance}")
     print(pack.meta.model_dump_json(indent=2, exclude_none=True))
     print("per-layer norms:")
     for layer, norm in pack.layer_norms().items():
@@ -160,13 +198,14 @@ def _eval(args: argparse.Namespace) -> None:
     run(args)
 
 
+_TIMEOUT_HELP = "total deadline of the Hub transfer in seconds (default $CMRM_GUARD_HUB_TIMEOUT_S, else 120)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cmrm-guard``."""
     from cmrm_guard import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="cmrm-guard", description="CMRM safety steering for vision-language models"
-    )
+    parser = _Parser(prog="cmrm-guard", description="CMRM safety steering for vision-language models")
     parser.add_argument("--version", action="version", version=f"cmrm-guard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -221,19 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch (created if missing)")
     push.add_argument("--commit-message", default="Upload CMRM vector pack")
     push.add_argument("--create-pr", action="store_true")
+    push.add_argument("--timeout", type=_hub_timeout, default=None, help=_TIMEOUT_HELP)
     push.set_defaults(run=_push)
 
     pull = commands.add_parser("pull", help="download a pack into the Hub cache (and optionally a folder)")
-    pull.add_argument("repo_id")
+    pull.add_argument("repo_id", help="namespace/name (always the Hub, never a local folder)")
     pull.add_argument("--revision", default=None, help="branch, tag or commit sha")
     pull.add_argument("--token", default=None)
     pull.add_argument("--output", "-o", type=Path, default=None, help="also save the pack to this folder")
+    pull.add_argument("--timeout", type=_hub_timeout, default=None, help=_TIMEOUT_HELP)
     pull.set_defaults(run=_pull)
 
     inspect = commands.add_parser("inspect", help="print a pack's metadata and per-layer norms")
-    inspect.add_argument("pack", help="pack folder or Hub repo id")
+    inspect.add_argument(
+        "pack", help="pack folder or Hub repo id (with --revision: always the Hub; ./path: always local)"
+    )
     inspect.add_argument("--revision", default=None)
     inspect.add_argument("--token", default=None)
+    inspect.add_argument("--timeout", type=_hub_timeout, default=None, help=_TIMEOUT_HELP)
     inspect.set_defaults(run=_inspect)
 
     from cmrm_guard.eval.command import add_parser as add_eval_parser
@@ -246,18 +290,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``cmrm-guard``; returns the exit status."""
+    """Run ``cmrm-guard``; returns the exit status.
+
+    Every error is one line on stderr and exit status 2, never a traceback: cmrm-guard's own errors and
+    ``OSError``/``ValueError`` as their message, anything else prefixed with its type (set
+    ``CMRM_GUARD_TRACEBACK=1`` to see the traceback of those). Ctrl-C exits with 130.
+    """
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except (CMRMError, OSError, ValueError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"cmrm-guard {args.command}: error: {message}", file=sys.stderr)
+        print(f"cmrm-guard {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cmrm-guard {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 (the CLI's promise: one line, status 2)
+        import os
+
+        if os.environ.get("CMRM_GUARD_TRACEBACK"):
+            raise
+        print(
+            f"cmrm-guard {args.command}: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr
+        )
+        return 2
     return 0
 
 

@@ -73,3 +73,23 @@ class CorruptImageError(ImageInputError):
 
 class NotSteerableModelError(CMRMError, TypeError):
     """An agent's model cannot be CMRM-steered (it is not a ``ChatSteeredVLM``)."""
+
+
+class PackNotFoundError(PackError):
+    """A vector pack's Hub repo or revision does not exist (or is private or gated and hidden from the caller)."""
+
+
+class HubError(CMRMError, OSError):
+    """A request to the Hugging Face Hub failed: unreachable, refused or answered with an error."""
+
+
+class HubTimeoutError(HubError, TimeoutError):
+    """A Hub call or download did not finish within its total deadline."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """The Hub refused the token (401) or the access it asked for (403)."""
+
+
+class HubServerError(HubError, ConnectionError):
+    """The Hub answered with a server error (5xx) or a rate limit (429)."""

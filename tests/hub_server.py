@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -65,13 +66,35 @@ class Repo:
 
 
 @dataclass
+class Fault:
+    """A misbehaviour injected for requests whose path contains ``path_contains`` (and of ``method``, if set).
+
+    ``action``: ``"status"`` answers ``status`` with ``X-Error-Code: code`` (may be empty); ``"hang"``
+    accepts the request and never answers (until the server stops); ``"drip"`` answers normally but sends
+    the body one byte every ``drip_interval_s`` seconds.
+    """
+
+    path_contains: str
+    action: str = "status"
+    status: int = 500
+    code: str = ""
+    method: str | None = None
+    drip_interval_s: float = 0.05
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.path_contains in path and (self.method is None or self.method == method)
+
+
+@dataclass
 class HubState:
-    """Everything the server holds; tests read ``commit_log`` and ``requests``."""
+    """Everything the server holds; tests read ``commit_log`` and ``requests`` and may add ``faults``."""
 
     tokens: dict[str, str]
     repos: dict[tuple[str, str], Repo] = field(default_factory=dict)
     commit_log: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.RLock = field(default_factory=threading.RLock)
     counter: int = 0
 
@@ -122,6 +145,18 @@ class HubHandler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         with state.lock:
             state.requests.append((method, split.path))
+            fault = next((f for f in state.faults if f.matches(method, split.path)), None)
+        self._drip: Fault | None = None
+        if fault is not None and fault.action == "hang":
+            state.stopping.wait()  # accepted, never answered: released when the server stops
+            self.close_connection = True
+            return
+        if fault is not None and fault.action == "status":
+            self._read_body()
+            self._send_json(fault.status, {"error": f"injected HTTP {fault.status}"}, code=fault.code)
+            return
+        if fault is not None and fault.action == "drip":
+            self._drip = fault
         try:
             body = self._read_body()
             query = {k: v[-1] for k, v in parse_qs(split.query).items()}
@@ -154,8 +189,19 @@ class HubHandler(BaseHTTPRequestHandler):
         if "Content-Length" not in headers:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head:
+        if head:
+            return
+        drip = getattr(self, "_drip", None)
+        if drip is None:
             self.wfile.write(body)
+            return
+        for index in range(len(body)):  # slow drip: every read gets a byte, the whole body takes forever
+            if self.server.state.stopping.is_set():
+                self.close_connection = True
+                return
+            self.wfile.write(body[index : index + 1])
+            self.wfile.flush()
+            time.sleep(drip.drip_interval_s)
 
     def _send_json(
         self, status: int, payload: Any, *, code: str = "", headers: dict[str, str] | None = None
@@ -437,6 +483,7 @@ def start_hub_server(tokens: dict[str, str] | None = None) -> tuple[HubServer, s
 
 
 def stop_hub_server(server: HubServer) -> None:
-    """Stop serving and close the listening socket."""
+    """Stop serving (releasing hanging and dripping answers) and close the listening socket."""
+    server.state.stopping.set()
     server.shutdown()
     server.server_close()

@@ -123,3 +123,89 @@ def test_tiny_demo_runs_and_leaves_no_hooks(capsys):
     out = capsys.readouterr().out
     assert "steering applied: {'applied': True" in out
     assert "policy 'images'" in out and "hooks left on the model: 0" in out
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit_info:  # argparse refusals
+        return int(exit_info.code or 0)
+
+
+def _single_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err and "error:" in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["demo", "--tiny", "--model-type", "no-such-arch"], "unknown tiny model_type 'no-such-arch'"),
+        (["demo", "--max-new-tokens", "x"], "--max-new-tokens"),
+        (["calibrate", "{tmp}/missing-model"], "required: --output/-o"),
+        (["calibrate", "{model}", "-o", "{tmp}/o", "--data", "{tmp}/none.jsonl"], "cannot read prompt file"),
+        (["push", "{tmp}/no-pack", "alice/x"], "does not exist"),
+        (["push", "{tmp}/pack", "not a/valid id!"], "not a Hub repo id"),
+        (["pull", "not a/valid id!"], "neither a local folder nor a Hub repo id"),
+        (["pull", "alice/nothing-here", "--timeout", "2"], "was not found"),
+        (["pull", "alice/x", "--timeout", "-1"], "--timeout: expected a number of seconds > 0"),
+        (["inspect", "{tmp}/no-pack"], "does not exist"),
+        (["inspect", "{tmp}/pack", "--revision", "main"], "a revision applies to Hub repo ids only"),
+        (["inspect", "{tmp}/pack/pack_config.json"], "is a file"),
+        (["eval", "{tmp}/missing-model", "-o", "{tmp}/e"], "eval: error:"),
+        (["organism", "no-such-step"], "invalid choice"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
+def test_every_subcommand_reports_bad_input_in_one_line_with_status_2(
+    hub, model_dir, tmp_path, capsys, argv, match
+):
+    from cmrm_guard.vectors.pack import PackMeta
+
+    meta = PackMeta(model_type="llava", hidden_size=4, num_layers=1, layer_indices=[0])
+    VectorPack({0: torch.ones(4)}, meta).save_pretrained(tmp_path / "pack")
+    argv = [a.format(tmp=tmp_path, model=model_dir) for a in argv]
+    assert _run(argv) == 2
+    assert match in _single_error_line(capsys)
+
+
+def test_hub_failures_are_one_line(hub, tmp_path, capsys):
+    from hub_server import Fault
+
+    hub.state.faults.append(Fault("/api/models/alice/hangs", action="hang"))
+    hub.state.faults.append(Fault("/api/models/alice/broken", status=500))
+    assert main(["pull", "alice/hangs", "--timeout", "0.5"]) == 2
+    assert "total deadline of 0.5 s" in _single_error_line(capsys)
+    assert main(["inspect", "alice/broken", "--revision", "main", "--timeout", "5"]) == 2
+    err = _single_error_line(capsys)
+    assert "HTTP 500" in err and "offline" not in err
+
+
+def test_a_cuda_device_map_without_cuda_is_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [
+        "calibrate",
+        str(model_dir),
+        "-o",
+        str(tmp_path / "p"),
+        "--device-map",
+        "cuda",
+        "--num-samples",
+        "2",
+    ]
+    assert main(argv) == 2
+    assert "--device-map 'cuda'" in _single_error_line(capsys)
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_unexpected_exception_is_still_one_line(monkeypatch, capsys):
+    import cmrm_guard.demo
+
+    def broken(**kwargs):
+        raise AssertionError("internal\ninvariant broken")
+
+    monkeypatch.setattr(cmrm_guard.demo, "run_demo", broken)
+    assert main(["demo", "--tiny"]) == 2
+    assert "AssertionError: internal invariant broken" in _single_error_line(capsys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,100 @@ def test_numpy_integer_layer_keys_are_accepted() -> None:
 
     pack = VectorPack({np.int64(0): torch.zeros(HIDDEN), np.int64(1): torch.ones(HIDDEN)}, _meta())
     assert list(pack.shifts) == [0, 1] and all(type(k) is int for k in pack.shifts)
+
+
+# -- validation gaps (issue 21 point 9, point 10) -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["shifts.safetensors", "pack_config.json"])
+def test_a_symlink_out_of_the_folder_is_refused(saved: Path, tmp_path: Path, name: str) -> None:
+    outside = tmp_path / f"outside-{name}"
+    outside.write_bytes((saved / name).read_bytes())
+    (saved / name).unlink()
+    (saved / name).symlink_to(outside)
+    with pytest.raises(PackError, match=f"{name} is a symbolic link to .*outside the pack folder"):
+        VectorPack.from_pretrained(saved)
+
+
+def test_a_symlink_inside_the_folder_is_followed(saved: Path) -> None:
+    (saved / "README.md").unlink()
+    (saved / "README.md").symlink_to(saved / "pack_config.json")
+    assert VectorPack.from_pretrained(saved).layer_indices == [0, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["layers.0.shift", "layers.1.shift", "layers.01.shift"],  # 01 would overwrite 1
+        ["layers.0.shift", "layers.\u0661.shift"],  # ARABIC-INDIC DIGIT ONE
+        ["layers.0.shift", "layers.\uff11.shift"],  # FULLWIDTH DIGIT ONE
+        ["layers.00.shift", "layers.1.shift"],
+    ],
+)
+def test_layer_names_are_strict_ascii_without_leading_zeros(tmp_path: Path, keys: list[str]) -> None:
+    folder = write_raw_pack(tmp_path / "p", {k: torch.zeros(HIDDEN) for k in keys})
+    with pytest.raises(PackError, match="unexpected tensor .*no leading zeros"):
+        VectorPack.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"hidden_size": "8"}, "hidden_size"),
+        ({"hidden_size": 8.0}, "hidden_size"),
+        ({"num_layers": True}, "num_layers"),
+        ({"layer_indices": ["0", 1]}, "layer_indices.0"),
+        ({"alpha": "1.0"}, "alpha"),
+        ({"alpha": True}, "alpha"),
+        ({"num_samples": 3.0}, "num_samples"),
+        ({"model_type": 7}, "model_type"),
+        ({"shifts_sha256": "not-a-digest"}, "shifts_sha256"),
+    ],
+)
+def test_config_values_are_not_coerced(saved: Path, changes: dict, field: str) -> None:
+    set_config(saved, **changes)
+    with pytest.raises(PackError, match=f"invalid pack_config.json: {re.escape(field)}"):
+        VectorPack.from_pretrained(saved)
+
+
+def test_a_pack_without_a_checksum_is_refused(saved: Path) -> None:
+    config = json.loads((saved / "pack_config.json").read_text())
+    del config["shifts_sha256"]
+    (saved / "pack_config.json").write_text(json.dumps(config))
+    with pytest.raises(PackError, match="no shifts_sha256"):
+        VectorPack.from_pretrained(saved)
+
+
+def test_save_replaces_a_symlinked_card_instead_of_writing_through_it(saved: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (saved / "README.md").unlink()
+    (saved / "README.md").symlink_to(victim)
+
+    make_pack(seed=2).save_pretrained(saved)
+
+    assert victim.read_text() == "precious"
+    assert not (saved / "README.md").is_symlink() and "cmrm-guard" in (saved / "README.md").read_text()
+    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "pack_config.json", "shifts.safetensors"]
+
+
+@pytest.mark.parametrize("depth", [20, 100_000])
+def test_a_deeply_nested_config_is_refused(saved: Path, depth: int) -> None:
+    config = (saved / "pack_config.json").read_text().rstrip().removesuffix("}")
+    (saved / "pack_config.json").write_text(config + ', "nested": ' + "[" * depth + "]" * depth + "}")
+    with pytest.raises(PackError, match="nested too deeply"):
+        VectorPack.from_pretrained(saved)
+
+
+def test_an_oversized_config_is_refused(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cmrm_guard.vectors import hub
+
+    monkeypatch.setitem(hub.MAX_FILE_BYTES, "pack_config.json", 100)
+    with pytest.raises(PackError, match=r"pack_config\.json is \d+ bytes, over its limit of 100 bytes"):
+        VectorPack.from_pretrained(saved)
+
+
+def test_a_float8_pack_is_refused_by_name(tmp_path: Path) -> None:
+    tensors = {f"layers.{i}.shift": torch.zeros(HIDDEN, dtype=torch.float8_e4m3fn) for i in (0, 1)}
+    with pytest.raises(PackError, match="dtype float8_e4m3fn, which packs do not support"):
+        VectorPack.from_pretrained(write_raw_pack(tmp_path / "p", tensors))
+    with pytest.raises(VectorError, match="float8_e5m2"):
+        VectorPack({i: torch.zeros(HIDDEN, dtype=torch.float8_e5m2) for i in (0, 1)}, _meta())

@@ -8,7 +8,12 @@ A pack on disk (a folder or a Hub repo) is three files and nothing else:
 
 Loading never unpickles anything: tensors are read with safetensors only, and a pack that is
 incomplete, altered, newer than this library or carrying foreign files is refused with a
-:class:`~cmrm_guard.errors.PackError` naming the file and the way out.
+:class:`~cmrm_guard.errors.PackError` naming the file and the way out. So is a pack whose
+``pack_config.json`` has no ``shifts_sha256``, a value of the wrong JSON type (no coercion), nesting
+deeper than :data:`MAX_CONFIG_DEPTH` or a file over its size limit (``hub.MAX_FILE_BYTES``); a symbolic
+link leading out of the folder; a tensor name other than ``layers.<i>.shift`` (ASCII digits, no leading
+zeros); or a dtype outside :data:`SHIFT_DTYPES`. Provenance (``meta.repo_id`` / ``meta.revision``) is set
+only by a Hub download, never read from a file.
 """
 
 from __future__ import annotations
@@ -43,8 +48,17 @@ CARD_NAME = "README.md"
 PACK_FILES = (CONFIG_NAME, SHIFTS_NAME, CARD_NAME)
 _TOLERATED_FILES = frozenset({".gitattributes"})  # every Hub repo starts with one
 _TOLERATED_DIRS = frozenset({".cache"})  # `hf download --local-dir` keeps its metadata there
-_SHIFT_KEY = re.compile(r"layers\.(\d+)\.shift")
-_VERSION = re.compile(r"(\d+)\.(\d+)")
+_SHIFT_KEY = re.compile(
+    r"layers\.(0|[1-9][0-9]*)\.shift"
+)  # ASCII digits, no leading zeros: one name per layer
+_VERSION = re.compile(r"([0-9]+)\.([0-9]+)")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_CONFIG_DEPTH = 16
+"""Deepest nesting of objects/arrays accepted in ``pack_config.json``."""
+SHIFT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+"""Tensor dtypes a pack may hold (float8 and other dtypes are refused: their NaN/inf checks are not defined)."""
+PROVENANCE_KEYS = frozenset({"repo_id", "revision"})
+"""Keys of :class:`PackMeta` that only a Hub download sets; a ``pack_config.json`` cannot claim them."""
 
 
 def shift_key(layer: int) -> str:
@@ -79,10 +93,10 @@ class PackMeta(BaseModel):
     """Metadata of a vector pack, stored as ``pack_config.json``.
 
     Unknown keys (written by a newer minor format version) are kept in ``model_extra``; loading a
-    pack reports them in a warning.
+    pack reports them in a warning. Types are strict: ``"64"``, ``64.0`` or ``true`` is not an int.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     format_version: str = FORMAT_VERSION
     """Pack format, ``major.minor``."""
@@ -123,15 +137,22 @@ class PackMeta(BaseModel):
     evaluation: str | None = None
     """Optional Markdown table of evaluation results, shown in the model card."""
     repo_id: str | None = None
-    """Hub repo the pack was pulled from (not saved)."""
+    """Hub repo the pack was downloaded from; set only by a Hub download (never saved, never read from a file)."""
     revision: str | None = None
-    """Resolved 40-hex commit sha the pack was pulled at (not saved)."""
+    """Resolved 40-hex commit sha of that download; set only by a Hub download (never saved or read)."""
 
     @field_validator("format_version")
     @classmethod
     def _known_major(cls, value: str) -> str:
         if _parse_version(value)[0] > _parse_version(FORMAT_VERSION)[0]:
             raise ValueError(_newer_major_message(value))
+        return value
+
+    @field_validator("shifts_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and _SHA256.fullmatch(value.lower()) is None:
+            raise ValueError(f"shifts_sha256 {value[:80]!r} is not a 64-hex-digit sha256")
         return value
 
     @field_validator("alpha")
@@ -173,6 +194,12 @@ def _check_shifts(shifts: Mapping[int, torch.Tensor], meta: PackMeta) -> None:
             raise VectorError(f"layer {layer}: shift is a {type(tensor).__name__}, expected a torch.Tensor")
         if not tensor.is_floating_point():
             raise VectorError(f"layer {layer}: shift has dtype {tensor.dtype}, expected a floating dtype")
+        if tensor.dtype not in SHIFT_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in SHIFT_DTYPES)
+            raise VectorError(
+                f"layer {layer}: shift has dtype {str(tensor.dtype).removeprefix('torch.')}, which packs do not"
+                f" support; use one of {names}"
+            )
         if tensor.shape != (meta.hidden_size,):
             raise VectorError(
                 f"layer {layer}: shift has shape {tuple(tensor.shape)}, expected ({meta.hidden_size},) (hidden_size)"
@@ -370,7 +397,8 @@ class VectorPack:
         """Write the pack (``shifts.safetensors``, ``pack_config.json``, ``README.md``) into a folder.
 
         The folder is created if needed; it may already hold an older copy of a pack, but no other files
-        (they would make the folder a pack that does not load).
+        (they would make the folder a pack that does not load). Each file is written to a temporary name
+        and then renamed over its target, so a symbolic link in the folder is replaced, never written through.
 
         Returns:
             The folder's path.
@@ -379,7 +407,7 @@ class VectorPack:
 
     def _write(self, folder: Path, *, repo_id: str | None = None) -> Path:
         """:meth:`save_pretrained`, with ``repo_id`` shown in the card's usage snippet."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as save_safetensors
 
         folder.mkdir(parents=True, exist_ok=True)
         foreign = _unexpected_entries(folder)
@@ -389,16 +417,14 @@ class VectorPack:
                 " stop it loading; pick an empty or new folder"
             )
         tensors = {shift_key(i): t.detach().to("cpu").contiguous() for i, t in self.shifts.items()}
-        shifts_path = folder / SHIFTS_NAME
-        save_file(tensors, str(shifts_path), metadata={"format": "pt"})
+        data = save_safetensors(tensors, metadata={"format": "pt"})
         dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-        meta = self.meta.model_copy(
-            update={"shifts_sha256": _sha256(shifts_path.read_bytes()), "dtype": dtype}
-        )
-        config = meta.model_dump(mode="json", exclude={"repo_id", "revision"})
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        meta = self.meta.model_copy(update={"shifts_sha256": _sha256(data), "dtype": dtype})
+        config = meta.model_dump(mode="json", exclude=set(PROVENANCE_KEYS))
         card = hub.render_model_card(meta, repo_id=repo_id)
-        (folder / CARD_NAME).write_text(card, encoding="utf-8")
+        _replace_file(folder / SHIFTS_NAME, data)
+        _replace_file(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+        _replace_file(folder / CARD_NAME, card.encode("utf-8"))
         return folder
 
     @classmethod
@@ -411,40 +437,106 @@ class VectorPack:
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
         endpoint: str | None = None,
+        timeout_s: float | None = None,
     ) -> VectorPack:
-        """Load a pack from a local folder or, failing that, from a Hub repo.
+        """Load a pack from a local folder or a Hub repo.
+
+        Which one is decided from the argument alone, never by what happens to exist on disk when a
+        revision is pinned:
+
+        - a :class:`~pathlib.Path`, or a string that is explicitly a path (starts with ``/``, ``./``,
+          ``../`` or ``~``, or is ``.``): a local folder; ``revision`` is then refused;
+        - any other string with a ``revision``: a Hub repo id, always (a folder of that name is ignored);
+        - any other string without a ``revision``: the folder if one exists at that path, else a Hub repo id.
+
+        Use :meth:`from_hub` to name a Hub repo whatever the local disk holds.
 
         Args:
             pack_id_or_path: a folder written by :meth:`save_pretrained`, or a Hub repo id.
-            revision: branch, tag or commit sha on the Hub (ignored for a local folder).
+            revision: branch, tag or commit sha on the Hub.
             token: Hub token; ``False`` sends none; ``None`` uses the saved one.
             cache_dir: Hub cache folder (default: ``HF_HUB_CACHE``).
             local_files_only: use the Hub cache only, no network (as ``HF_HUB_OFFLINE=1``).
             endpoint: Hub endpoint (default: ``HF_ENDPOINT``).
+            timeout_s: total deadline of the Hub download in seconds (default: ``$CMRM_GUARD_HUB_TIMEOUT_S``,
+                else 120).
 
         Returns:
-            The pack; from the Hub, ``meta.repo_id`` and ``meta.revision`` (the resolved commit sha) are set.
+            The pack. Only a Hub download sets ``meta.repo_id`` and ``meta.revision`` (the resolved commit);
+            see :attr:`provenance`.
 
         Raises:
-            PackError: the pack is missing, incomplete, altered, or of a newer format.
+            PackError: the pack is missing, incomplete, altered, or of a newer format (and the Hub errors
+                of :meth:`from_hub`).
 
         Example:
             >>> pack = VectorPack.from_pretrained("org/llava-cmrm", revision="v1")
             >>> pack.meta.revision  # the commit it resolved to
         """
-        path = Path(pack_id_or_path).expanduser()
+        explicit = isinstance(pack_id_or_path, Path) or _is_explicit_path(str(pack_id_or_path))
+        if explicit:
+            if revision is not None:
+                raise PackError(
+                    f"revision={revision!r} was given for the local folder {str(pack_id_or_path)!r}: a revision"
+                    " applies to Hub repo ids only; drop it, or pass the Hub id (VectorPack.from_hub)"
+                )
+            return cls._load_local(Path(pack_id_or_path).expanduser())
+        if revision is None and Path(str(pack_id_or_path)).expanduser().is_dir():
+            return cls._load_local(Path(str(pack_id_or_path)).expanduser())
+        return cls.from_hub(
+            str(pack_id_or_path), revision=revision, token=token, cache_dir=cache_dir,
+            local_files_only=local_files_only, endpoint=endpoint, timeout_s=timeout_s,
+        )  # fmt: skip
+
+    @classmethod
+    def from_hub(
+        cls,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        endpoint: str | None = None,
+        timeout_s: float | None = None,
+    ) -> VectorPack:
+        """Download (or find in the Hub cache) the pack of a Hub repo; a local folder is never consulted.
+
+        Only the pack files are downloaded, after the repo listing shows no foreign file and no file over
+        its size limit; the whole download has one total deadline. Arguments as :meth:`from_pretrained`.
+
+        Raises:
+            PackNotFoundError: no such repo or revision (or private without a valid token).
+            PackError: a foreign, oversized or invalid pack, or not cached while offline.
+            HubTimeoutError: the deadline passed. HubAuthError: the token was refused (401/403).
+            HubServerError: the Hub answered 5xx/429. HubError: the Hub could not be reached.
+        """
+        folder, commit = hub.download_pack(
+            repo_id, revision=revision, token=token, cache_dir=cache_dir,
+            local_files_only=local_files_only, endpoint=endpoint, timeout_s=timeout_s,
+        )  # fmt: skip
+        blobs = folder.parent.parent / "blobs"  # the cache's snapshot files link into the repo's blob store
+        pack = cls._load_directory(
+            folder, source=f"{repo_id}@{commit or revision or 'main'}", links_into=blobs
+        )
+        pack.meta = pack.meta.model_copy(update={"repo_id": repo_id, "revision": commit})
+        return pack
+
+    @classmethod
+    def _load_local(cls, path: Path) -> VectorPack:
         if path.is_dir():
             return cls._load_directory(path)
         if path.exists():
             raise PackError(f"{path} is a file; a vector pack is a folder holding {', '.join(PACK_FILES)}")
-        repo_id = str(pack_id_or_path)
-        folder, commit = hub.download_pack(
-            repo_id, revision=revision, token=token, cache_dir=cache_dir,
-            local_files_only=local_files_only, endpoint=endpoint,
-        )  # fmt: skip
-        pack = cls._load_directory(folder, source=f"{repo_id}@{commit or revision or 'main'}")
-        pack.meta = pack.meta.model_copy(update={"repo_id": repo_id, "revision": commit})
-        return pack
+        raise PackError(f"vector pack folder {str(path)!r} does not exist")
+
+    @property
+    def provenance(self) -> str:
+        """Where the pack verifiably came from: ``"<repo_id>@<commit sha>"`` for a Hub download, else
+        ``"local path"`` (a folder or in-memory tensors; what a folder's files claim is not provenance)."""
+        if self.meta.repo_id and self.meta.revision:
+            return f"{self.meta.repo_id}@{self.meta.revision}"
+        return "local path"
 
     def push_to_hub(
         self,
@@ -456,6 +548,7 @@ class VectorPack:
         commit_message: str = "Upload CMRM vector pack",
         endpoint: str | None = None,
         create_pr: bool = False,
+        timeout_s: float | None = None,
     ) -> CommitInfo:
         """Upload the pack to a Hub repo (created if needed) in one commit.
 
@@ -467,9 +560,14 @@ class VectorPack:
             commit_message: the commit's summary.
             endpoint: Hub endpoint (default: ``HF_ENDPOINT``).
             create_pr: open a pull request instead of committing to the branch.
+            timeout_s: total deadline of the upload in seconds (default: ``$CMRM_GUARD_HUB_TIMEOUT_S``, else 120).
 
         Returns:
             The commit (a ``str`` URL with ``.oid``, ``.pr_url``).
+
+        Raises:
+            HubAuthError: the token was refused or has no write access (401/403).
+            HubServerError / HubTimeoutError / HubError: a server error, the deadline, no connection.
 
         Example:
             >>> pack.push_to_hub("me/llava-cmrm", private=True)
@@ -483,11 +581,18 @@ class VectorPack:
             commit_message=commit_message,
             endpoint=endpoint,
             create_pr=create_pr,
+            timeout_s=timeout_s,
         )
 
     @classmethod
-    def _load_directory(cls, folder: Path, *, source: str | None = None) -> VectorPack:
-        """Load and check a pack folder; every refusal is a :class:`PackError` naming ``source``."""
+    def _load_directory(
+        cls, folder: Path, *, source: str | None = None, links_into: Path | None = None
+    ) -> VectorPack:
+        """Load and check a pack folder; every refusal is a :class:`PackError` naming ``source``.
+
+        A symbolic link is followed only when it stays inside ``folder`` (or inside ``links_into``: the
+        Hub cache's blob store, for a cache snapshot).
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load as load_safetensors
 
@@ -498,20 +603,31 @@ class VectorPack:
                 f"vector pack {where} holds unexpected files: {', '.join(foreign)}. A pack holds only "
                 f"{', '.join(PACK_FILES)}; remove the others (no code or pickle is ever loaded from a pack)"
             )
+        roots = [folder.resolve()] + ([links_into.resolve()] if links_into is not None else [])
+        for entry in sorted(folder.iterdir()):
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not any(target.is_relative_to(root) for root in roots):
+                    raise PackError(
+                        f"vector pack {where}: {entry.name} is a symbolic link to {target}, outside the pack"
+                        " folder; copy the file into the folder instead"
+                    )
         for name in (CONFIG_NAME, SHIFTS_NAME):
             if not (folder / name).is_file():
                 raise PackError(
                     f"vector pack {where} has no {name}: it is incomplete; save or download it again"
                 )
 
-        try:
-            raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise PackError(f"vector pack {where}: {CONFIG_NAME} is not valid JSON ({err})") from err
-        if not isinstance(raw, dict):
-            raise PackError(
-                f"vector pack {where}: {CONFIG_NAME} must hold a JSON object, got {type(raw).__name__}"
+        raw = _parse_config(_read_capped(folder / CONFIG_NAME, where), where)
+        claimed = sorted(PROVENANCE_KEYS & set(raw))
+        if claimed:
+            warnings.warn(
+                f"vector pack {where}: {CONFIG_NAME} claims {', '.join(claimed)}; ignored (only a Hub download"
+                " sets a pack's provenance)",
+                UserWarning,
+                stacklevel=3,
             )
+            raw = {k: v for k, v in raw.items() if k not in PROVENANCE_KEYS}
         version = raw.get("format_version", FORMAT_VERSION)
         try:
             newer = _parse_version(str(version))[0] > _parse_version(FORMAT_VERSION)[0]
@@ -535,15 +651,15 @@ class VectorPack:
                 UserWarning,
                 stacklevel=3,
             )
-
-        data = (folder / SHIFTS_NAME).read_bytes()  # hashed and parsed from the same bytes
-        digest = _sha256(data)
         if meta.shifts_sha256 is None:
-            warnings.warn(
-                f"vector pack {where}: {CONFIG_NAME} has no shifts_sha256; integrity not checked",
-                stacklevel=3,
+            raise PackError(
+                f"vector pack {where}: {CONFIG_NAME} has no shifts_sha256, so its integrity cannot be checked;"
+                " save it again with VectorPack.save_pretrained (which records it)"
             )
-        elif digest != meta.shifts_sha256.lower():
+
+        data = _read_capped(folder / SHIFTS_NAME, where)  # hashed and parsed from the same bytes
+        digest = _sha256(data)
+        if digest != meta.shifts_sha256.lower():
             raise PackError(
                 f"vector pack {where}: {SHIFTS_NAME} has sha256 {digest}, but {CONFIG_NAME} expects "
                 f"{meta.shifts_sha256}: the file is corrupt or was changed after saving; download or save it again"
@@ -560,9 +676,13 @@ class VectorPack:
             match = _SHIFT_KEY.fullmatch(key)
             if match is None:
                 raise PackError(
-                    f"vector pack {where}: {SHIFTS_NAME} has an unexpected tensor {key!r}; expected 'layers.<i>.shift'"
+                    f"vector pack {where}: {SHIFTS_NAME} has an unexpected tensor {key[:80]!r}; expected"
+                    " 'layers.<i>.shift' (i in ASCII digits, no leading zeros)"
                 )
-            shifts[int(match[1])] = tensor
+            layer = int(match[1])
+            if layer in shifts:
+                raise PackError(f"vector pack {where}: {SHIFTS_NAME} has two tensors for layer {layer}")
+            shifts[layer] = tensor
         if sorted(shifts) != meta.layer_indices:
             raise PackError(
                 f"vector pack {where}: {SHIFTS_NAME} has layers {sorted(shifts)} but {CONFIG_NAME} lists "
@@ -574,6 +694,78 @@ class VectorPack:
             raise PackError(f"vector pack {where}: {err}") from err
 
 
+def _is_explicit_path(text: str) -> bool:
+    """Whether a string names a local path by its form alone (``/x``, ``./x``, ``../x``, ``~/x``, ``.``)."""
+    return (
+        text in (".", "..")
+        or text.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or (len(text) > 2 and text[1] == ":" and text[2] in "/\\")
+    )
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path`` (a link there is replaced)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_capped(path: Path, where: str) -> bytes:
+    """The bytes of a pack file, refused when it is not a regular file or is over its size limit."""
+    import stat
+
+    limit = hub.MAX_FILE_BYTES[path.name]
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise PackError(f"vector pack {where}: {path.name} is not a regular file")
+        if info.st_size > limit:
+            raise PackError(
+                f"vector pack {where}: {path.name} is {info.st_size} bytes, over its limit of {limit} bytes"
+            )
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise PackError(f"vector pack {where}: cannot read {path.name} ({err.strerror or err})") from err
+    if len(data) > limit:
+        raise PackError(f"vector pack {where}: {path.name} is over its limit of {limit} bytes")
+    return data
+
+
+def _parse_config(data: bytes, where: str) -> dict[str, Any]:
+    """``pack_config.json`` as a dict, refused when not JSON, not an object, or nested too deeply."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise PackError(f"vector pack {where}: {CONFIG_NAME} is not valid JSON ({err})") from err
+    except RecursionError:
+        raise PackError(
+            f"vector pack {where}: {CONFIG_NAME} is nested too deeply (limit {MAX_CONFIG_DEPTH} levels)"
+        ) from None
+    if not isinstance(raw, dict):
+        raise PackError(
+            f"vector pack {where}: {CONFIG_NAME} must hold a JSON object, got {type(raw).__name__}"
+        )
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise PackError(
+                f"vector pack {where}: {CONFIG_NAME} is nested too deeply (more than {MAX_CONFIG_DEPTH} levels)"
+            )
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return raw
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -583,7 +775,7 @@ def _unexpected_entries(folder: Path) -> list[str]:
     unexpected = []
     for entry in folder.iterdir():
         name = entry.name
-        if name in PACK_FILES and entry.is_file():
+        if name in PACK_FILES and (entry.is_file() or entry.is_symlink()):
             continue
         if (name in _TOLERATED_FILES and entry.is_file()) or (name in _TOLERATED_DIRS and entry.is_dir()):
             continue
