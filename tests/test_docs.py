@@ -49,7 +49,7 @@ def broken_links(page: Path) -> list[str]:
 
 def test_the_link_parser_finds_inline_image_and_reference_links_outside_code() -> None:
     text = (
-        "See [steering](docs/steering.md#modes) and ![plot](docs/a.png \"title\").\n"
+        'See [steering](docs/steering.md#modes) and ![plot](docs/a.png "title").\n'
         "[ref]: benchmarks/README.md\n"
         "```\n[not a link](nowhere.md)\n```\n"
     )
