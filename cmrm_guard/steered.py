@@ -617,7 +617,11 @@ class SteeredVLM:
         return conversations, self.encode(conversations, chat_template_kwargs)
 
     def forward(
-        self, conversations_or_inputs: Any, *, config: SteeringConfig | None = None, **model_kwargs: Any
+        self,
+        conversations_or_inputs: Any,
+        *,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
+        **model_kwargs: Any,
     ) -> Any:
         """One steered forward pass (prefill) over a batch; returns the model's output."""
         settings = self.resolve_config(config)  # refused settings fail before any encoding
@@ -638,7 +642,7 @@ class SteeredVLM:
         self,
         conversations_or_inputs: Any,
         *,
-        config: SteeringConfig | None = None,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
         streamer: Any = None,
         strict: bool | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
@@ -648,7 +652,8 @@ class SteeredVLM:
 
         Args:
             conversations_or_inputs: a list of conversations, or the processor's output for one.
-            config: per-call settings (merged over the defaults and ``steering()`` overrides).
+            config: per-call settings, a SteeringConfig or a mapping of its fields (the fields set in
+                it are merged over the defaults and ``steering()`` overrides).
             streamer: a transformers streamer, passed to ``generate``.
             strict: fail closed for this call (``None``: the wrapper's ``strict``).
             chat_template_kwargs: passed to ``apply_chat_template`` (``tools=[...]``, template
@@ -686,7 +691,7 @@ class SteeredVLM:
         conversation: Conversation,
         *,
         max_new_tokens: int = 128,
-        config: SteeringConfig | None = None,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
         **generate_kwargs: Any,
     ) -> str:
         """Answer one conversation; returns the generated text."""
@@ -701,7 +706,7 @@ class SteeredVLM:
         conversation: Conversation,
         *,
         max_new_tokens: int = 128,
-        config: SteeringConfig | None = None,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
         **generate_kwargs: Any,
     ) -> Iterator[str]:
         """Yield the answer to one conversation piece by piece as it is generated.

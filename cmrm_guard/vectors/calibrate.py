@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from cmrm_guard.adapters import conversation as conv
 from cmrm_guard.adapters.conversation import Conversation
-from cmrm_guard.config import CalibrationConfig, check_alpha
+from cmrm_guard.config import Application, CalibrationConfig, Corruption, Estimator, check_alpha
 from cmrm_guard.errors import ConfigError, ConversationError
 
 if TYPE_CHECKING:
@@ -85,12 +85,12 @@ def calibrate(
     svlm: SteeredVLM,
     samples: Iterable[Any],
     *,
-    estimator: str = "mean",
+    estimator: Estimator = "mean",
     batch_size: int = 8,
-    corruption: str = "blank",
+    corruption: Corruption = "blank",
     layers: Sequence[int] | None = None,
     alpha: float = 1.0,
-    application: str = "increment",
+    application: Application = "increment",
     progress: bool | None = None,
     noise_seed: int = 0,
 ) -> VectorPack:
