@@ -208,8 +208,10 @@ class SteeringLock(_Settings):
         exact_layers: a call must steer exactly those layers, no more.
         allow_disable: a request may turn steering off (``enabled=False`` or ``policy="never"``).
         allow_changes: settings a request may set to any value (``"mode"``, ``"application"``,
-            ``"policy"``, ``"positions"``, ``"step_scope"``, ``"corruption"``, ``"noise_seed"``);
-            the others keep the deployer's value or a stronger one.
+            ``"policy"``, ``"positions"``, ``"step_scope"``, ``"corruption"``, ``"noise_seed"``).
+            The others: ``policy`` and ``step_scope`` keep the deployer's value or a stronger one;
+            ``mode``, ``application``, ``positions`` (and in sample mode ``corruption`` and
+            ``noise_seed``) keep the deployer's value.
 
     Example:
         >>> lock = SteeringLock(min_alpha=0.8, allow_changes={"step_scope"})

@@ -105,6 +105,7 @@ def test_agent_tool_loop_is_steered_on_image_turns_only():
             "steering": {"policy": "images", "enabled": True, "alpha": 1.0},
             "pack": None,
             "strict": False,
+            "lock": None,
         }
 
     text_run = _run(agent, HumanMessage("What is the weather like today?"))
@@ -344,6 +345,14 @@ def test_a_strict_guard_is_not_weakened_by_a_runs_configurable(request_steering,
     stronger = {"configurable": {"cmrm_steering": {"alpha": 3.0}}}
     reply = agent.invoke({"messages": [_photo_question()]}, config=stronger)["messages"][-1]
     assert reply.response_metadata["cmrm_steering"]["alpha"] == 3.0
+    lock = reply.response_metadata["cmrm_guard"]["lock"]  # the default lock of a strict guard, on record
+    assert lock == {
+        "min_alpha": None,
+        "layers": None,
+        "exact_layers": False,
+        "allow_disable": False,
+        "allow_changes": [],
+    }
 
 
 def test_a_locked_guard_holds_later_middleware_to_its_settings_and_its_own_settings_are_the_deployers():

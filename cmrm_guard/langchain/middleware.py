@@ -261,6 +261,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
             "steering": steering,
             "pack": self.pack_name,
             "strict": self.strict,
+            "lock": self.lock.model_dump(mode="json") if self.lock is not None else None,
         }
 
     def _refusal(self, reason: str) -> AIMessage:
