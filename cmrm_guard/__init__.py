@@ -3,7 +3,8 @@
 Public API (imported lazily, so ``import cmrm_guard`` stays light):
 
 - :class:`SteeredVLM`: wrap a transformers VLM (``SteeredVLM.from_pretrained(model_id, vectors=...)``).
-- :class:`SteeringConfig`, :class:`CalibrationConfig`: typed settings.
+- :class:`SteeringConfig`, :class:`CalibrationConfig`: typed settings; :class:`SteeringLock`: what a
+  request may change in them.
 - :func:`calibrate`: dataset-level shift vectors from calibration samples -> :class:`VectorPack`.
 - :class:`VectorPack`: shift vectors + metadata, saved as safetensors + JSON, pushed to the Hub.
 - :mod:`cmrm_guard.adapters`: the architecture registry (``register_adapter``, ``get_adapter``).
@@ -23,6 +24,7 @@ _EXPORTS = {
     "AppliedSteering": "cmrm_guard.outputs",
     "SteeringConfig": "cmrm_guard.config",
     "CalibrationConfig": "cmrm_guard.config",
+    "SteeringLock": "cmrm_guard.config",
     "calibrate": "cmrm_guard.vectors.calibrate",
     "VectorPack": "cmrm_guard.vectors.pack",
     "PackMeta": "cmrm_guard.vectors.pack",
@@ -38,6 +40,7 @@ __all__ = [
     "PackMeta",
     "SteeredVLM",
     "SteeringConfig",
+    "SteeringLock",
     "VectorPack",
     "__version__",
     "calibrate",
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from cmrm_guard.config import CalibrationConfig, SteeringConfig
+    from cmrm_guard.config import CalibrationConfig, SteeringConfig, SteeringLock
     from cmrm_guard.hooks import count_hooks
     from cmrm_guard.langchain import ChatSteeredVLM
     from cmrm_guard.outputs import AppliedSteering, GenerationOutput

@@ -8,6 +8,7 @@ stderr and exit with status 2 (no traceback); Hub endpoint and token come from t
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,20 @@ def at_least(minimum: int):
 
     parse.__name__ = f"integer >= {minimum}"  # argparse names the type in its own messages
     return parse
+
+
+def strength(text: str) -> float:
+    """An argparse ``type``: a finite number >= 0 (a steering strength), refused naming the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0; got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0; got {text!r}")
+    return value
+
+
+strength.__name__ = "finite number >= 0"
 
 
 def _organism_available() -> str:
@@ -236,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument(
         "--layers", type=_layers, default=None, help="comma-separated decoder layers (default: all)"
     )
-    calib.add_argument("--alpha", type=float, default=1.0, help="default strength stored in the pack")
+    calib.add_argument(
+        "--alpha", type=strength, default=1.0, help="default strength stored in the pack (finite, >= 0)"
+    )
     calib.add_argument("--application", choices=("increment", "every_layer"), default="increment")
     calib.add_argument("--batch-size", type=at_least(1), default=8)
     calib.add_argument(

@@ -11,8 +11,9 @@ import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from typing_extensions import Self  # typing.Self needs Python 3.11
 
-from cmrm_guard.errors import ConfigError
+from cmrm_guard.errors import ConfigError, SteeringLockedError
 
 Mode = Literal["dataset", "sample"]
 Positions = Literal["last", "all"]
@@ -51,9 +52,57 @@ class _Settings(BaseModel):
         except ValidationError as error:
             raise ConfigError(_explain(error, type(self).__name__)) from None
 
-    def replace(self, **changes: Any) -> _Settings:
-        """Return a validated copy with ``changes`` applied (``None`` values are kept as given)."""
-        return type(self)(**{**self.model_dump(), **changes})
+    def replace(self, **changes: Any) -> Self:
+        """Return a validated copy with ``changes`` applied (``None`` values are kept as given).
+
+        The copy's set fields (``model_fields_set``) are this config's set fields plus ``changes``,
+        so merging it over other settings (``model_dump(exclude_unset=True)``) carries only those.
+        """
+        return type(self)(**{**self.model_dump(exclude_unset=True), **changes})
+
+
+def check_alpha(value: float | None, where: str = "alpha") -> float | None:
+    """``value`` if it is ``None`` or a finite number >= 0, else a ``ValueError`` naming ``where``.
+
+    Negative strengths are refused in every setting: ``-alpha * v`` pushes representations away
+    from the text-only state, the opposite of CMRM. The one way to invert a pack is arithmetic on
+    the pack itself (``-pack``), a deliberate object in the deployer's code, never a request setting.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+    if value < 0:
+        raise ValueError(
+            f"{where} must be >= 0, got {value!r}: a negative strength inverts the shift; to invert a "
+            "pack on purpose, steer with -pack"
+        )
+    return value
+
+
+def _layer_tuple(value: Any) -> tuple[int, ...] | None:
+    """Validated, sorted layer indices (``None`` stays ``None``; an empty list is refused)."""
+    if value is None:
+        return None
+    if isinstance(value, int | str | bytes) or not hasattr(value, "__iter__"):
+        raise ValueError(f"layers must be a list of layer indices or None, got {value!r}")
+    items = list(value)
+    if not items:
+        raise ValueError(
+            "layers must name at least one layer, got an empty list: an empty layer set would steer "
+            "nothing while the call is recorded as steered (use None for every layer, enabled=False "
+            "to turn steering off)"
+        )
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"layers must hold integers, got {item!r}")
+        if item < 0:
+            raise ValueError(f"layer indices must be >= 0, got {item}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"layers holds duplicates: {items}")
+    return tuple(sorted(items))
 
 
 class SteeringConfig(_Settings):
@@ -63,14 +112,16 @@ class SteeringConfig(_Settings):
         mode: ``"dataset"`` adds precomputed shift vectors (a vector pack, zero extra passes);
             ``"sample"`` computes each input's own shift from its text-only and corrupted twins
             (one extra batched prefill per call).
-        alpha: strength; the shift added is ``alpha * v``. ``None`` takes the pack's stored
-            default (1.0 when there is none).
-        application: ``None`` takes the pack's stored form (``"increment"`` when there is none).
+        alpha: strength, a finite number >= 0; the shift added is ``alpha * v``. ``None`` takes the
+            attached pack's stored default, in both modes (1.0 when there is no pack). Negative
+            values are refused (:func:`check_alpha`).
+        application: ``None`` takes the attached pack's stored form, in both modes
+            (``"increment"`` when there is no pack).
             ``"increment"`` adds ``v^l - v^(l-1)`` at each steered layer so the
             accumulated shift at layer ``l`` is about ``alpha * v^l``; ``"every_layer"`` adds
             ``v^l`` at every layer (the paper's literal form, which stacks shifts: use alpha ~0.1-0.2).
-        layers: decoder layer indices to steer; ``None`` steers every layer the vectors cover
-            (sample mode: every decoder layer).
+        layers: decoder layer indices to steer (at least one); ``None`` steers every layer the
+            vectors cover (sample mode: every decoder layer).
         positions: ``"last"`` steers the last prompt token of each row; ``"all"`` every prompt token.
         step_scope: ``"all_steps"`` also steers every generated token; ``"prefill_only"`` only the prompt.
         corruption: uninformative image used for the corrupted twin (sample mode and calibration):
@@ -94,27 +145,13 @@ class SteeringConfig(_Settings):
 
     @field_validator("alpha")
     @classmethod
-    def _alpha_is_finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"alpha must be a finite number, got {value!r}")
-        return value
+    def _alpha_is_a_strength(cls, value: float | None) -> float | None:
+        return check_alpha(value)
 
     @field_validator("layers", mode="before")
     @classmethod
     def _layers_are_indices(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, int | str) or not hasattr(value, "__iter__"):
-            raise ValueError(f"layers must be a list of layer indices or None, got {value!r}")
-        items = list(value)
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, int):
-                raise ValueError(f"layers must hold integers, got {item!r}")
-            if item < 0:
-                raise ValueError(f"layer indices must be >= 0, got {item}")
-        if len(set(items)) != len(items):
-            raise ValueError(f"layers holds duplicates: {items}")
-        return tuple(sorted(items))
+        return _layer_tuple(value)
 
 
 class CalibrationConfig(_Settings):
@@ -142,5 +179,124 @@ class CalibrationConfig(_Settings):
         return value
 
 
-for _cls in (SteeringConfig, CalibrationConfig):
+#: Settings a :class:`SteeringLock` can leave free for requests to change (``allow_changes``).
+LockableSetting = Literal[
+    "mode", "application", "policy", "positions", "step_scope", "corruption", "noise_seed"
+]
+_POLICY_RANK = {"never": 0, "images": 1, "always": 2}
+_SCOPE_RANK = {"prefill_only": 0, "all_steps": 1}
+
+
+class SteeringLock(_Settings):
+    """What a request may ask of the steering a deployer set up.
+
+    The deployer's settings are the baseline: a :class:`~cmrm_guard.SteeredVLM`'s ``config``, a
+    chat model's ``steering`` field, a guard middleware's settings. Settings that come with a
+    request (a per-call ``config=``, a ``steering()`` block, LangChain call arguments and ``bind``,
+    a run's ``configurable["cmrm_steering"]``, a later middleware's ``model_settings``) may make
+    steering stronger: a higher alpha, more layers, policy ``"always"`` over ``"images"``,
+    ``"all_steps"`` over ``"prefill_only"``. A request for anything the lock does not allow raises
+    :class:`~cmrm_guard.errors.SteeringLockedError` before the model runs; a call is never served
+    weaker steering than the lock allows. ``SteeringLock()`` locks every setting at the
+    deployer's own values (the default lock of a strict chat model or guard middleware).
+
+    Attributes:
+        min_alpha: lowest strength a call may steer with, compared with the effective alpha
+            (after the pack's default). ``None``: the deployer's own effective alpha.
+        layers: layers every steered call must include. ``None``: the layers the deployer's
+            settings steer (the pack's layers when ``layers`` is not set).
+        exact_layers: a call must steer exactly those layers, no more.
+        allow_disable: a request may turn steering off (``enabled=False`` or ``policy="never"``).
+        allow_changes: settings a request may set to any value (``"mode"``, ``"application"``,
+            ``"policy"``, ``"positions"``, ``"step_scope"``, ``"corruption"``, ``"noise_seed"``).
+            The others: ``policy`` and ``step_scope`` keep the deployer's value or a stronger one;
+            ``mode``, ``application``, ``positions`` (and in sample mode ``corruption`` and
+            ``noise_seed``) keep the deployer's value.
+
+    Example:
+        >>> lock = SteeringLock(min_alpha=0.8, allow_changes={"step_scope"})
+        >>> svlm = SteeredVLM(model, processor, vectors=pack, lock=lock)
+        >>> svlm.chat(conversation, config={"alpha": 0.2})  # SteeringLockedError: alpha 0.2 < 0.8
+    """
+
+    min_alpha: float | None = None
+    layers: tuple[int, ...] | None = None
+    exact_layers: bool = False
+    allow_disable: bool = False
+    allow_changes: frozenset[LockableSetting] = frozenset()
+
+    @field_validator("min_alpha")
+    @classmethod
+    def _floor_is_a_strength(cls, value: float | None) -> float | None:
+        return check_alpha(value, "min_alpha")
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_are_indices(cls, value: Any) -> Any:
+        return _layer_tuple(value)
+
+    def check(self, requested: SteeringConfig, baseline: SteeringConfig, where: str = "the request") -> None:
+        """Raise :class:`SteeringLockedError` if ``requested`` is weaker than this lock allows.
+
+        Both configs are effective ones (:meth:`SteeredVLM.effective_config`: alpha, application
+        and layers filled in from the pack), so a request that leaves ``alpha`` to the pack is
+        compared by the strength it would really get.
+        """
+        if not baseline.enabled or baseline.policy == "never":
+            return  # the deployer steers nothing: nothing a request asks for is weaker
+        problems: list[str] = []
+        free = self.allow_changes
+        if not requested.enabled or requested.policy == "never":
+            if self.allow_disable:
+                return
+            setting = "enabled=False" if not requested.enabled else "policy='never'"
+            problems.append(f"{setting} turns steering off (allow it with allow_disable=True)")
+        else:
+            if _POLICY_RANK[requested.policy] < _POLICY_RANK[baseline.policy] and "policy" not in free:
+                problems.append(
+                    f"policy={requested.policy!r} steers fewer calls than the deployer's {baseline.policy!r}"
+                )
+            for name in ("mode", "application", "positions"):
+                mine, theirs = getattr(requested, name), getattr(baseline, name)
+                if mine != theirs and theirs is not None and name not in free:
+                    problems.append(f"{name}={mine!r} differs from the deployer's {theirs!r}")
+            if (
+                _SCOPE_RANK[requested.step_scope] < _SCOPE_RANK[baseline.step_scope]
+                and "step_scope" not in free
+            ):
+                problems.append(
+                    f"step_scope={requested.step_scope!r} steers fewer tokens than the deployer's "
+                    f"{baseline.step_scope!r}"
+                )
+            if requested.mode == "sample" and baseline.mode == "sample":
+                for name in ("corruption", "noise_seed"):
+                    mine, theirs = getattr(requested, name), getattr(baseline, name)
+                    if mine != theirs and name not in free:
+                        problems.append(f"{name}={mine!r} differs from the deployer's {theirs!r}")
+            floor = self.min_alpha if self.min_alpha is not None else baseline.alpha
+            if floor is not None and requested.alpha is not None and requested.alpha < floor:
+                source = "min_alpha" if self.min_alpha is not None else "the deployer's alpha"
+                problems.append(f"alpha={requested.alpha!r} is below {source} {floor!r}")
+            required = self.layers if self.layers is not None else baseline.layers
+            if required is not None and requested.layers is not None:
+                missing = sorted(set(required) - set(requested.layers))
+                extra = sorted(set(requested.layers) - set(required))
+                if missing:
+                    problems.append(
+                        f"layers={list(requested.layers)} leave out required layers {missing} "
+                        f"(the lock requires {list(required)})"
+                    )
+                if self.exact_layers and extra:
+                    problems.append(
+                        f"layers={list(requested.layers)} add layers {extra}: the lock fixes the layers "
+                        f"to {list(required)}"
+                    )
+        if problems:
+            raise SteeringLockedError(
+                f"{where} asks for steering the deployer's SteeringLock does not allow: "
+                + "; ".join(problems)
+            )
+
+
+for _cls in (SteeringConfig, CalibrationConfig, SteeringLock):
     _FIELDS[_cls.__name__] = set(_cls.model_fields)

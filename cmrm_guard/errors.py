@@ -51,6 +51,13 @@ class SteeringUnavailableError(CMRMError, RuntimeError):
     """Steering was required (``strict=True``) but cannot be applied to this call."""
 
 
+class SteeringLockedError(CMRMError, PermissionError):
+    """A request asked for weaker steering than the deployer's ``SteeringLock`` allows."""
+
+    def __str__(self) -> str:  # PermissionError would format (errno, strerror) pairs; keep the message
+        return str(self.args[0]) if self.args else ""
+
+
 class ImageInputError(ConversationError):
     """An image in a chat message cannot be used (refused source, over a limit, unreadable)."""
 

@@ -9,7 +9,9 @@ about ``alpha * v^l`` (method note, "What a small real model showed").
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -20,6 +22,8 @@ def select_layers(available: Sequence[int], requested: Sequence[int] | None) -> 
     """The steered layers: ``requested`` (checked against ``available``) or all available."""
     if requested is None:
         return sorted(available)
+    if not requested:
+        raise VectorError("an empty layer list was requested: name at least one layer, or None for all")
     missing = sorted(set(requested) - set(available))
     if missing:
         raise VectorError(
@@ -55,3 +59,46 @@ def layer_shifts(
             previous = current
         return shifts
     raise VectorError(f"unknown application {application!r}: expected 'every_layer' or 'increment'")
+
+
+class ShiftCache:
+    """Per-layer shifts of one vector pack, kept by ``(alpha, application, layers)``.
+
+    The cache holds the pack it was filled from (a strong reference, compared by identity): a
+    lookup for any other pack object empties it first, so a replaced pack (``svlm.vectors = ...``)
+    is never served the previous pack's shifts. ``layers=None`` (every layer) and an explicit
+    layer tuple are distinct keys. Thread-safe; at most ``limit`` entries.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._pack: Any = None
+        self._entries: dict[tuple[Any, ...], dict[int, Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def shifts(
+        self, pack: Any, *, alpha: float, application: str, layers: Sequence[int] | None
+    ) -> dict[int, Tensor]:
+        """``layer_shifts(pack.shifts, ...)``, computed once per pack and settings."""
+        key = (float(alpha), application, ("all",) if layers is None else ("layers", *layers))
+        with self._lock:
+            if self._pack is not pack:
+                self._pack, self._entries = pack, {}
+            cached = self._entries.get(key)
+        if cached is not None:
+            return cached
+        computed = layer_shifts(pack.shifts, alpha=alpha, application=application, layers=layers)
+        with self._lock:
+            if self._pack is pack:
+                if len(self._entries) >= self._limit:
+                    self._entries.clear()
+                self._entries[key] = computed
+        return computed
+
+    def clear(self) -> None:
+        """Forget every entry and the pack they came from."""
+        with self._lock:
+            self._pack, self._entries = None, {}
+
+    def __len__(self) -> int:
+        return len(self._entries)

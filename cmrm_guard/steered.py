@@ -2,8 +2,8 @@
 
 The wrapped model is never mutated: steering hooks exist only for the duration of one call
 (:mod:`cmrm_guard.hooks`), calls on one model are serialised by a per-model lock, and per-call
-settings travel as arguments or through :meth:`SteeredVLM.steering` (a context variable, so each
-thread and asyncio task has its own).
+settings travel as arguments or through :meth:`SteeredVLM.steering` (a context variable of each
+wrapper, so each thread and asyncio task has its own, and one wrapper's block never reaches another).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cmrm_guard.adapters import conversation as conv
 from cmrm_guard.adapters.base import VLMAdapter, unwrap_model
 from cmrm_guard.adapters.conversation import Conversation
 from cmrm_guard.adapters.registry import get_adapter
-from cmrm_guard.config import SteeringConfig
+from cmrm_guard.config import SteeringConfig, SteeringLock, check_alpha
 from cmrm_guard.errors import (
     ConfigError,
     ConversationError,
@@ -39,7 +39,7 @@ from cmrm_guard.hooks import PromptPositions, check_layer_indices, record_last_t
 from cmrm_guard.model_thread import run_on_model_thread
 from cmrm_guard.outputs import AppliedSteering, GenerationOutput
 from cmrm_guard.shared_prefix import shared_prefix_states
-from cmrm_guard.shifts import layer_shifts
+from cmrm_guard.shifts import ShiftCache, layer_shifts
 from cmrm_guard.streaming import StopEvent, stream_text
 
 if TYPE_CHECKING:
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
 
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
-_OVERRIDES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "cmrm_guard_steering_overrides", default=None
-)
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
@@ -76,6 +73,10 @@ class SteeredVLM:
         strict: fail closed: a call that should be steered but cannot (no valid pack) raises
             :class:`SteeringUnavailableError` instead of answering unsteered with a warning.
         vectors_revision / vectors_token: revision and token used when ``vectors`` is a Hub id.
+        lock: a :class:`~cmrm_guard.SteeringLock`: what a call's settings (``steering()`` blocks,
+            per-call ``config=``) may change relative to ``config``; a call asking for weaker
+            steering raises :class:`~cmrm_guard.errors.SteeringLockedError` before it runs.
+            ``None``: no lock.
 
     Example:
         >>> svlm = SteeredVLM(model, processor, vectors=pack, config=SteeringConfig(alpha=0.8))
@@ -96,9 +97,12 @@ class SteeredVLM:
         vectors_revision: str | None = None,
         vectors_token: str | bool | None = None,
         model_id: str | None = None,
+        lock: SteeringLock | None = None,
     ) -> None:
         if config is not None and not isinstance(config, SteeringConfig):
             raise ConfigError(f"config must be a SteeringConfig, got {type(config).__name__}")
+        if lock is not None and not isinstance(lock, SteeringLock):
+            raise ConfigError(f"lock must be a SteeringLock, got {type(lock).__name__}")
         self.model = model
         self.processor = processor
         self.base_model = unwrap_model(model)
@@ -111,7 +115,11 @@ class SteeredVLM:
         self.config = config or SteeringConfig()
         self.strict = bool(strict)
         self._warned_unsteered = False
-        self._shift_cache: dict[tuple[Any, ...], dict[int, Tensor]] = {}
+        self.lock = lock
+        self._shift_cache = ShiftCache()
+        self._overrides: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+            "cmrm_guard_steering_overrides", default=None
+        )
         forward_parameters = inspect.signature(self.base_model.forward).parameters
         self._forward_takes_logits_to_keep = "logits_to_keep" in forward_parameters
         # the KV cache argument: ``cache`` since transformers 5.24 (``past_key_values`` is deprecated)
@@ -147,13 +155,14 @@ class SteeredVLM:
         revision: str | None = None,
         token: str | bool | None = None,
         trust_remote_code: bool = False,
+        lock: SteeringLock | None = None,
         **model_kwargs: Any,
     ) -> SteeredVLM:
         """Load a VLM and its processor with transformers and wrap them.
 
         Args:
             model_id: a Hub model id or a local directory written by ``save_pretrained``.
-            vectors, vectors_revision, vectors_token, config, strict, decoder_path: as in
+            vectors, vectors_revision, vectors_token, config, strict, decoder_path, lock: as in
                 :class:`SteeredVLM`.
             processor: use this processor instead of loading one.
             revision, token: passed to transformers.
@@ -190,6 +199,7 @@ class SteeredVLM:
             vectors_revision=vectors_revision,
             vectors_token=vectors_token,
             model_id=str(model_id),
+            lock=lock,
         )
 
     def _load_vectors(self, vectors: Any, revision: str | None, token: Any) -> VectorPack:
@@ -214,34 +224,106 @@ class SteeredVLM:
 
     # -------------------------------------------------------------------------------- settings
     @contextmanager
-    def steering(self, config: SteeringConfig | None = None, **changes: Any) -> Iterator[SteeringConfig]:
-        """Override steering settings for calls made inside the block (this thread / task only).
+    def steering(
+        self, config: SteeringConfig | Mapping[str, Any] | None = None, **changes: Any
+    ) -> Iterator[SteeringConfig]:
+        """Override steering settings for calls on this wrapper made inside the block.
+
+        The overrides belong to this wrapper and to the current thread / asyncio task: another
+        wrapper, another thread or a task started outside the block does not see them. Blocks
+        nest; ``config`` (a :class:`SteeringConfig` or a mapping of its fields) contributes only
+        the fields that were set in it, ``changes`` go over those. Checked at entry against the
+        wrapper's ``lock``.
 
         Example:
             >>> with svlm.steering(enabled=False):
             ...     baseline = svlm.chat(conversation)
         """
-        current = dict(_OVERRIDES.get() or {})
-        if config is not None:
-            current.update(config.model_dump())
+        current = dict(self._overrides.get() or {})
+        current.update(_set_fields(config))
         current.update(changes)
-        resolved = self.config.replace(**current)  # validates now, not at the first call
-        self._check_layers_setting(resolved)
-        token = _OVERRIDES.set(current)
+        resolved = self._merged(current)  # validates now, not at the first call
+        token = self._overrides.set(current)
         try:
             yield resolved
         finally:
-            _OVERRIDES.reset(token)
+            self._overrides.reset(token)
 
-    def resolve_config(self, config: SteeringConfig | None = None, **changes: Any) -> SteeringConfig:
-        """The settings a call gets: defaults, then ``steering()`` overrides, then arguments."""
-        merged = dict(_OVERRIDES.get() or {})
-        if config is not None:
-            merged.update(config.model_dump())
+    def resolve_config(
+        self, config: SteeringConfig | Mapping[str, Any] | None = None, **changes: Any
+    ) -> SteeringConfig:
+        """The settings a call gets: defaults, then ``steering()`` overrides, then arguments.
+
+        ``config`` (a :class:`SteeringConfig` or a mapping of its fields) contributes only the
+        fields that were set in it (``model_fields_set``), so ``SteeringConfig(step_scope=
+        "prefill_only")`` keeps the wrapper's alpha and any active ``steering()`` override.
+
+        Raises:
+            ConfigError: a setting is invalid (an unknown field, a negative alpha, ``layers=[]``).
+            LayerIndexError: ``layers`` are outside the model's decoder.
+            SteeringLockedError: the result is weaker than the wrapper's ``lock`` allows.
+        """
+        merged = dict(self._overrides.get() or {})
+        merged.update(_set_fields(config))
         merged.update(changes)
-        resolved = self.config.replace(**merged) if merged else self.config
+        return self._merged(merged)
+
+    def _merged(self, changes: Mapping[str, Any]) -> SteeringConfig:
+        resolved = self.config.replace(**changes) if changes else self.config
         self._check_layers_setting(resolved)
+        self.check_lock(resolved)
         return resolved
+
+    def check_lock(
+        self,
+        config: SteeringConfig,
+        lock: SteeringLock | None = None,
+        baseline: SteeringConfig | None = None,
+    ) -> None:
+        """Raise :class:`SteeringLockedError` if ``config`` is weaker than ``lock`` allows.
+
+        ``lock`` defaults to the wrapper's own (no check when there is none); ``baseline`` (the
+        deployer's settings the lock compares with) to the wrapper's ``config``. Both are compared
+        as :meth:`effective_config` resolves them against the attached pack.
+        """
+        lock = self.lock if lock is None else lock
+        if lock is None:
+            return
+        lock.check(self.effective_config(config), self.effective_config(baseline or self.config))
+
+    def effective_config(self, config: SteeringConfig) -> SteeringConfig:
+        """``config`` with alpha, application and layers filled in as a call would apply them.
+
+        ``alpha`` / ``application`` left ``None`` take the attached pack's defaults, in dataset and
+        sample mode alike (1.0 / ``"increment"`` without a pack in sample mode); ``layers`` left
+        ``None`` become the pack's layers (dataset mode) or every decoder layer (sample mode).
+        Without a pack in dataset mode they stay ``None``: such a call cannot be steered.
+        """
+        alpha, application = self._strength(config)
+        layers = config.layers
+        if layers is None:
+            if config.mode == "sample":
+                layers = tuple(range(self.num_layers))
+            elif self.vectors is not None:
+                layers = tuple(sorted(self.vectors.shifts))
+        return config.replace(alpha=alpha, application=application, layers=layers)
+
+    def _strength(self, config: SteeringConfig) -> tuple[float | None, str | None]:
+        """The alpha and application a call steers with (see :meth:`effective_config`)."""
+        pack = self.vectors
+        alpha: float | None = config.alpha
+        application: str | None = config.application
+        if pack is not None:
+            if alpha is None:
+                try:
+                    alpha = check_alpha(pack.meta.alpha, "the pack's default alpha")
+                except ValueError as error:
+                    raise PackError(f"{error}; pass alpha=... explicitly or fix the pack") from None
+            application = application or pack.meta.application
+        elif config.mode == "sample":
+            alpha = 1.0 if alpha is None else alpha
+            application = application or "increment"
+        return alpha, application
 
     def _check_layers_setting(self, config: SteeringConfig) -> None:
         if config.layers is not None:
@@ -335,6 +417,7 @@ class SteeredVLM:
         like the call's own prompt.
         """
         strict = self.strict if strict is None else bool(strict)
+        self.check_lock(config)  # a config handed straight to plan() is held to the lock too
         pack = self.vectors
         pack_id = pack_revision = None
         if pack is not None:
@@ -365,17 +448,19 @@ class SteeredVLM:
                     warnings.warn(f"answering unsteered: {reason}", stacklevel=3)
                     self._warned_unsteered = True
                 return {}, AppliedSteering(False, reason=reason, **record)
-            alpha = config.alpha if config.alpha is not None else pack.meta.alpha
-            application = config.application or pack.meta.application
-            shifts = self._dataset_shifts(alpha, application, config.layers)
+            alpha, application = self._strength(config)
+            assert alpha is not None and application is not None  # a pack supplies both
+            shifts = self._shift_cache.shifts(
+                pack, alpha=alpha, application=application, layers=config.layers
+            )
         else:
             if conversations is None:
                 raise ConversationError(
                     "sample-level CMRM builds each input's twins from its conversation: pass "
                     "conversations, not pre-tokenized inputs"
                 )
-            alpha = config.alpha if config.alpha is not None else 1.0
-            application = config.application or "increment"
+            alpha, application = self._strength(config)
+            assert alpha is not None and application is not None  # sample mode always has both
             shifts = self._sample_shifts(
                 conversations, rows, config, alpha, application, chat_template_kwargs
             )
@@ -391,19 +476,6 @@ class SteeredVLM:
             **record,
         )
         return shifts, applied
-
-    def _dataset_shifts(
-        self, alpha: float, application: str, layers: Sequence[int] | None
-    ) -> dict[int, Tensor]:
-        assert self.vectors is not None
-        key = (id(self.vectors), float(alpha), application, tuple(layers) if layers else None)
-        shifts = self._shift_cache.get(key)
-        if shifts is None:
-            shifts = layer_shifts(self.vectors.shifts, alpha=alpha, application=application, layers=layers)
-            if len(self._shift_cache) > 64:
-                self._shift_cache.clear()
-            self._shift_cache[key] = shifts
-        return shifts
 
     def _sample_shifts(
         self,
@@ -545,11 +617,15 @@ class SteeredVLM:
         return conversations, self.encode(conversations, chat_template_kwargs)
 
     def forward(
-        self, conversations_or_inputs: Any, *, config: SteeringConfig | None = None, **model_kwargs: Any
+        self,
+        conversations_or_inputs: Any,
+        *,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
+        **model_kwargs: Any,
     ) -> Any:
         """One steered forward pass (prefill) over a batch; returns the model's output."""
+        settings = self.resolve_config(config)  # refused settings fail before any encoding
         conversations, inputs = self._prepare(conversations_or_inputs)
-        settings = self.resolve_config(config)
         shifts, _ = self.plan(settings, conversations, inputs)
         positions = PromptPositions.from_attention_mask(
             inputs["attention_mask"], settings.positions, settings.step_scope
@@ -566,7 +642,7 @@ class SteeredVLM:
         self,
         conversations_or_inputs: Any,
         *,
-        config: SteeringConfig | None = None,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
         streamer: Any = None,
         strict: bool | None = None,
         chat_template_kwargs: Mapping[str, Any] | None = None,
@@ -576,15 +652,16 @@ class SteeredVLM:
 
         Args:
             conversations_or_inputs: a list of conversations, or the processor's output for one.
-            config: per-call settings (merged over the defaults and ``steering()`` overrides).
+            config: per-call settings, a SteeringConfig or a mapping of its fields (the fields set in
+                it are merged over the defaults and ``steering()`` overrides).
             streamer: a transformers streamer, passed to ``generate``.
             strict: fail closed for this call (``None``: the wrapper's ``strict``).
             chat_template_kwargs: passed to ``apply_chat_template`` (``tools=[...]``, template
                 variables); sample mode's twins are rendered with them too.
             **generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample``...).
         """
+        settings = self.resolve_config(config)  # refused settings fail before any encoding
         conversations, inputs = self._prepare(conversations_or_inputs, chat_template_kwargs)
-        settings = self.resolve_config(config)
         shifts, applied = self.plan(
             settings, conversations, inputs, strict=strict, chat_template_kwargs=chat_template_kwargs
         )
@@ -614,7 +691,7 @@ class SteeredVLM:
         conversation: Conversation,
         *,
         max_new_tokens: int = 128,
-        config: SteeringConfig | None = None,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
         **generate_kwargs: Any,
     ) -> str:
         """Answer one conversation; returns the generated text."""
@@ -629,7 +706,7 @@ class SteeredVLM:
         conversation: Conversation,
         *,
         max_new_tokens: int = 128,
-        config: SteeringConfig | None = None,
+        config: SteeringConfig | Mapping[str, Any] | None = None,
         **generate_kwargs: Any,
     ) -> Iterator[str]:
         """Yield the answer to one conversation piece by piece as it is generated.
@@ -661,6 +738,19 @@ class SteeredVLM:
             f"adapter={self.adapter.name}, layers={self.num_layers}, hidden={self.hidden_size}, "
             f"vectors={pack}, config={self.config!r})"
         )
+
+
+def _set_fields(config: SteeringConfig | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The fields set in ``config`` (a SteeringConfig or a mapping of its fields), validated."""
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        config = SteeringConfig(**config)  # ConfigError names unknown or bad fields
+    if not isinstance(config, SteeringConfig):
+        raise ConfigError(
+            f"config must be a SteeringConfig or a mapping of its fields, got {type(config).__name__}"
+        )
+    return config.model_dump(exclude_unset=True)
 
 
 def _text_of(conversation: Conversation) -> str:

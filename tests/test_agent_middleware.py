@@ -23,12 +23,13 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 
-from cmrm_guard import SteeredVLM, count_hooks  # noqa: E402
+from cmrm_guard import SteeredVLM, SteeringLock, count_hooks  # noqa: E402
 from cmrm_guard.errors import (  # noqa: E402
     ConfigError,
     LayerIndexError,
     NotSteerableModelError,
     PackMismatchError,
+    SteeringLockedError,
 )
 from cmrm_guard.langchain import ChatSteeredVLM, CMRMGuardMiddleware  # noqa: E402
 from cmrm_guard.testing import tiny_image  # noqa: E402
@@ -104,6 +105,7 @@ def test_agent_tool_loop_is_steered_on_image_turns_only():
             "steering": {"policy": "images", "enabled": True, "alpha": 1.0},
             "pack": None,
             "strict": False,
+            "lock": None,
         }
 
     text_run = _run(agent, HumanMessage("What is the weather like today?"))
@@ -319,3 +321,70 @@ def test_importing_the_package_does_not_need_langchain(monkeypatch):
     assert package.ChatSteeredVLM is ChatSteeredVLM
     with pytest.raises(ImportError, match=r"cmrm-guard\[agents\]"):
         package.CMRMGuardMiddleware  # noqa: B018
+
+
+# ------------------------------------------------------------------------------------ locks
+@pytest.mark.parametrize(
+    ("request_steering", "error", "message"),
+    [
+        ({"alpha": 0.0}, SteeringLockedError, "alpha=0.0 is below the deployer's alpha 1.0"),
+        ({"alpha": -1.0}, ConfigError, "must be >= 0"),
+        ({"layers": [0]}, SteeringLockedError, r"leave out required layers \[1\]"),
+        ({"application": "every_layer"}, SteeringLockedError, "application='every_layer' differs"),
+    ],
+)
+def test_a_strict_guard_is_not_weakened_by_a_runs_configurable(request_steering, error, message):
+    llm, rule = _llm()
+    agent = create_agent(llm, middleware=[CMRMGuardMiddleware(strict=True)])
+    run = {"configurable": {"cmrm_steering": request_steering}}
+    with pytest.raises(error, match=message):
+        agent.invoke({"messages": [_photo_question()]}, config=run)
+    with pytest.raises(error, match=message):
+        asyncio.run(agent.ainvoke({"messages": [_photo_question()]}, config=run))
+    assert rule.prompts == [] and count_hooks(llm.steered.model) == 0  # the model never ran
+    stronger = {"configurable": {"cmrm_steering": {"alpha": 3.0}}}
+    reply = agent.invoke({"messages": [_photo_question()]}, config=stronger)["messages"][-1]
+    assert reply.response_metadata["cmrm_steering"]["alpha"] == 3.0
+    lock = reply.response_metadata["cmrm_guard"]["lock"]  # the default lock of a strict guard, on record
+    assert lock == {
+        "min_alpha": None,
+        "layers": None,
+        "exact_layers": False,
+        "allow_disable": False,
+        "allow_changes": [],
+    }
+
+
+def test_a_locked_guard_holds_later_middleware_to_its_settings_and_its_own_settings_are_the_deployers():
+    from langchain.agents.middleware import AgentMiddleware
+
+    class Weaker(AgentMiddleware):
+        def wrap_model_call(self, request, handler):
+            settings = {**request.model_settings, "steering": {"alpha": 0.1}}
+            return handler(request.override(model_settings=settings))
+
+    llm, rule = _llm()
+    guard = CMRMGuardMiddleware(alpha=0.9, lock=SteeringLock(allow_changes={"step_scope"}))
+    with pytest.raises(SteeringLockedError, match="alpha=0.1 is below the deployer's alpha 0.9"):
+        _run(create_agent(llm, middleware=[guard, Weaker()]), _photo_question())
+    assert rule.prompts == []
+    # the guard's own settings are the deployer's: a strict guard below the pack's alpha, or a
+    # guard that turns steering off, is not refused by its own lock
+    low = _run(
+        create_agent(_llm()[0], middleware=[CMRMGuardMiddleware(alpha=0.5, strict=True)]), _photo_question()
+    )
+    assert low[-1].response_metadata["cmrm_steering"]["alpha"] == 0.5
+    off = _run(
+        create_agent(_llm()[0], middleware=[CMRMGuardMiddleware(enabled=False, strict=True)]),
+        _photo_question(),
+    )
+    assert off[-1].response_metadata["cmrm_steering"]["applied"] is False
+    # the model's own lock still holds under a guard: a strict model's default lock refuses a
+    # guard that asks for less than the model's settings
+    strict_llm, _ = _llm(strict=True)
+    with pytest.raises(SteeringLockedError, match="alpha=0.5 is below the deployer's alpha 1.0"):
+        CMRMGuardMiddleware(alpha=0.5, pack=random_vectors(2, 64, seed=3)).check_model(strict_llm)
+    with pytest.raises(SteeringLockedError, match="alpha=0.5 is below the deployer's alpha 1.0"):
+        _run(create_agent(strict_llm, middleware=[CMRMGuardMiddleware(alpha=0.5)]), _photo_question())
+    with pytest.raises(ConfigError, match="lock must be a SteeringLock"):
+        CMRMGuardMiddleware(lock={"min_alpha": 1.0})

@@ -104,6 +104,16 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, capsys):
     [
         (["demo", "--max-new-tokens", "-3"], "--max-new-tokens: expected an integer >= 1; got -3"),
         (["calibrate", "m", "-o", "x", "--batch-size", "0"], "--batch-size: expected an integer >= 1; got 0"),
+        (["calibrate", "m", "-o", "x", "--alpha", "-1"], "--alpha: expected a finite number >= 0; got '-1'"),
+        (
+            ["calibrate", "m", "-o", "x", "--alpha", "nan"],
+            "--alpha: expected a finite number >= 0; got 'nan'",
+        ),
+        (
+            ["calibrate", "m", "-o", "x", "--alpha", "inf"],
+            "--alpha: expected a finite number >= 0; got 'inf'",
+        ),
+        (["calibrate", "m", "-o", "x", "--alpha", "x"], "--alpha: expected a finite number >= 0; got 'x'"),
         (["organism", "sweep", "--n", "-5"], "--n: expected an integer >= 1; got -5"),
         (["organism", "sweep", "--n", "abc"], "--n: expected an integer >= 1; got 'abc'"),
         (["organism", "evaluate", "--n", "-1"], "--n: expected an integer >= 0; got -1"),

@@ -13,8 +13,13 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from pydantic import BaseModel
 
-from cmrm_guard import SteeredVLM, SteeringConfig, count_hooks
-from cmrm_guard.errors import ConfigError, RemoteImageRefusedError, SteeringUnavailableError
+from cmrm_guard import SteeredVLM, SteeringConfig, SteeringLock, count_hooks
+from cmrm_guard.errors import (
+    ConfigError,
+    RemoteImageRefusedError,
+    SteeringLockedError,
+    SteeringUnavailableError,
+)
 from cmrm_guard.langchain import ChatSteeredVLM
 from cmrm_guard.testing import tiny_image
 from cmrm_guard.testing.scripted import ScriptedReplies, constant
@@ -211,7 +216,10 @@ def test_strict_mode_raises_or_refuses_instead_of_answering_unsteered():
         assert message.content == refusing.refusal_message
         assert message.response_metadata["finish_reason"] == "steering_unavailable"
         assert message.response_metadata["cmrm_steering"]["applied"] is False
-    assert llm.invoke([_image_message()], steering={"enabled": False}).content is not None  # explicit opt-out
+    with pytest.raises(SteeringLockedError, match="enabled=False"):  # strict locks steering on
+        llm.invoke([_image_message()], steering={"enabled": False})
+    opt_out = llm.model_copy(update={"lock": SteeringLock(allow_disable=True)})  # the deployer allows it
+    assert opt_out.invoke([_image_message()], steering={"enabled": False}).content is not None
     assert count_hooks(model) == 0
 
 
@@ -322,3 +330,61 @@ def test_importing_cmrm_guard_does_not_import_langchain():
         ).stdout.strip()
         == "False"
     )
+
+
+# ------------------------------------------------------------------------- settings and locks
+def test_an_empty_layer_list_from_a_call_or_a_run_cannot_poison_later_calls():
+    llm = _llm()
+    expected = llm.invoke([_image_message()])
+    with pytest.raises(ConfigError, match="at least one layer"):
+        llm.invoke([_image_message()], layers=[])
+    with pytest.raises(ConfigError, match="at least one layer"):
+        llm.invoke([_image_message()], config={"configurable": {"cmrm_steering": {"layers": []}}})
+    later = llm.invoke([_image_message()])
+    assert later.response_metadata["cmrm_steering"]["layers"] == [0, 1]
+    assert later.content == expected.content
+
+
+def test_a_steering_config_argument_carries_only_the_fields_set_in_it():
+    llm = _llm(steering={"alpha": 0.6})
+    message = llm.invoke([_image_message()], steering=SteeringConfig(step_scope="prefill_only"))
+    assert message.response_metadata["cmrm_steering"]["alpha"] == 0.6
+
+
+@pytest.mark.parametrize(
+    ("request_steering", "error", "message"),
+    [
+        ({"enabled": False}, SteeringLockedError, "enabled=False turns steering off"),
+        ({"policy": "never"}, SteeringLockedError, "policy='never' turns steering off"),
+        ({"alpha": 0.0}, SteeringLockedError, "alpha=0.0 is below the deployer's alpha 1.0"),
+        ({"layers": [1]}, SteeringLockedError, r"leave out required layers \[0\]"),
+        ({"alpha": -1.0}, ConfigError, "must be >= 0"),
+    ],
+)
+def test_a_strict_chat_model_cannot_be_weakened_by_a_request(request_steering, error, message):
+    llm = _llm(strict=True)
+    run = {"configurable": {"cmrm_steering": request_steering}}
+    for call in (
+        lambda: llm.invoke([_image_message()], config=run),
+        lambda: list(llm.stream([_image_message()], config=run)),
+        lambda: asyncio.run(llm.ainvoke([_image_message()], config=run)),
+        lambda: llm.bind(steering=request_steering).invoke([_image_message()]),
+        lambda: llm.invoke([_image_message()], **request_steering),
+    ):
+        with pytest.raises(error, match=message):
+            call()
+    with pytest.raises(error), llm.steered.steering(**request_steering):
+        llm.invoke([_image_message()])
+    assert count_hooks(llm.steered.model) == 0
+    stronger = llm.invoke([_image_message()], config={"configurable": {"cmrm_steering": {"alpha": 2.0}}})
+    assert stronger.response_metadata["cmrm_steering"]["alpha"] == 2.0
+
+
+def test_a_chat_model_lock_sets_a_floor_without_strict():
+    llm = _llm(lock=SteeringLock(min_alpha=0.5), steering={"alpha": 0.8})
+    with pytest.raises(SteeringLockedError, match="alpha=0.4 is below min_alpha 0.5"):
+        llm.invoke([_image_message()], alpha=0.4)
+    assert llm.invoke([_image_message()], alpha=0.6).response_metadata["cmrm_steering"]["alpha"] == 0.6
+    unlocked = _llm()  # no lock, not strict: a run may turn steering off
+    off = unlocked.invoke([_image_message()], config={"configurable": {"cmrm_steering": {"enabled": False}}})
+    assert off.response_metadata["cmrm_steering"]["applied"] is False

@@ -37,7 +37,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from transformers import LogitsProcessorList
 
 from cmrm_guard.adapters.conversation import Conversation
-from cmrm_guard.config import SteeringConfig
+from cmrm_guard.config import SteeringConfig, SteeringLock
 from cmrm_guard.errors import ConfigError, SteeringUnavailableError
 from cmrm_guard.langchain.generation import ForcedPrefix, GenerationRun, SeededSampler, cut_at_stop
 from cmrm_guard.langchain.images import ImageLimits
@@ -81,6 +81,10 @@ class ChatSteeredVLM(BaseChatModel):
 
     Holds a built :class:`~cmrm_guard.SteeredVLM` (``steered``); construction only validates.
     ``from_pretrained`` loads one with transformers.
+
+    Locking: per-call settings (call arguments, ``bind``, ``configurable["cmrm_steering"]``) are
+    request-level; ``lock`` (or, on a strict chat model, the default ``SteeringLock()``) decides
+    what they may change, and a weaker request raises ``SteeringLockedError`` before it runs.
 
     Concurrency: one instance (and one model) may serve threads, ``batch``/``abatch`` and asyncio
     tasks at once. Calls on one model are serialised by SteeredVLM's per-model lock, every per-call
@@ -136,7 +140,16 @@ class ChatSteeredVLM(BaseChatModel):
     strict: bool | None = None
     """Fail closed: a call that should be steered but cannot be is not answered unsteered.
     ``None`` takes ``steered.strict``; ``True`` turns it on for this chat model (``False`` cannot
-    turn off a strict ``SteeredVLM``)."""
+    turn off a strict ``SteeredVLM``). A strict chat model without a ``lock`` is locked with
+    ``SteeringLock()``: a request (call arguments, ``bind``, ``configurable``, ``steering()``
+    blocks) cannot turn steering off (``enabled=False``, ``policy="never"``) or ask for weaker
+    steering than ``steered.config`` and ``steering`` set; it raises ``SteeringLockedError``."""
+
+    lock: SteeringLock | None = None
+    """What a request may change in this chat model's steering (``steered.config`` with
+    ``steering`` over it is the baseline). ``None``: ``SteeringLock()`` when strict, else no lock
+    (``steered.lock``, if any, still holds). Pass e.g. ``SteeringLock(allow_disable=True)`` to let
+    a strict chat model's callers opt out explicitly."""
 
     on_unsteerable: Literal["raise", "refuse"] = "raise"
     """What a strict call that cannot be steered does: raise ``SteeringUnavailableError``, or
@@ -161,6 +174,7 @@ class ChatSteeredVLM(BaseChatModel):
     """Extra keyword arguments for ``model.generate`` (``repetition_penalty``, ``logits_processor``...)."""
 
     _steering_changes: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _pinned_locks: tuple[tuple[SteeringLock, dict[str, Any]], ...] | None = PrivateAttr(default=None)
     _tools_native: bool | None = PrivateAttr(default=None)
 
     # --------------------------------------------------------------------------- construction
@@ -169,6 +183,8 @@ class ChatSteeredVLM(BaseChatModel):
         changes = steering_dict(self.steering, "steering")
         self.steered.resolve_config(**changes)  # validates now (ConfigError / LayerIndexError)
         self._steering_changes = changes
+        if self.lock is not None and not isinstance(self.lock, SteeringLock):
+            raise ConfigError(f"lock must be a SteeringLock, got {type(self.lock).__name__}")
         if self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature is not None and self.temperature < 0:
@@ -257,6 +273,37 @@ class ChatSteeredVLM(BaseChatModel):
             yield chunk
 
     # ------------------------------------------------------------------------- call planning
+    def _locks(self) -> list[tuple[SteeringLock, dict[str, Any]]]:
+        """Each lock this chat model's calls are held to, with the deployer settings it compares to."""
+        if self._pinned_locks is not None:
+            return list(self._pinned_locks)
+        own = self.lock
+        if own is None and (self.strict or self.steered.strict):
+            own = SteeringLock()
+        return [(own, self._steering_changes)] if own is not None else []
+
+    def _resolve_steering(self, changes: dict[str, Any]) -> SteeringConfig:
+        """The call's settings (``changes`` over ``steering`` and ``steering()`` blocks), lock-checked."""
+        settings = self.steered.resolve_config(**{**self._steering_changes, **changes})
+        for lock, baseline in self._locks():
+            self.steered.check_lock(settings, lock, self.steered.config.replace(**baseline))
+        return settings
+
+    def _guarded_copy(
+        self, update: dict[str, Any], lock: SteeringLock | None, steering: dict[str, Any]
+    ) -> ChatSteeredVLM:
+        """A copy with ``update`` applied, held to this model's locks and to a guard's ``lock``.
+
+        The guard's ``steering`` (its settings over this model's) is the baseline of its lock;
+        this model's own locks keep their baselines, so the copy's ``strict`` adds no lock.
+        """
+        locks = self._locks()
+        if lock is not None:
+            locks.append((lock, {**self._steering_changes, **steering}))
+        variant = self.model_copy(update=update)
+        variant._pinned_locks = tuple(locks)
+        return variant
+
     def _image_limits(self) -> ImageLimits:
         return ImageLimits(
             allow_remote=self.allow_remote_images,
@@ -295,10 +342,9 @@ class ChatSteeredVLM(BaseChatModel):
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
         kwargs = dict(kwargs)
-        changes = dict(self._steering_changes)
-        changes.update(steering_dict(kwargs.pop("steering", None), "steering"))
+        changes = steering_dict(kwargs.pop("steering", None), "steering")
         changes.update({k: kwargs.pop(k) for k in list(kwargs) if k in STEERING_FIELDS})
-        settings = self.steered.resolve_config(**changes)  # caller's context: steering() blocks count
+        settings = self._resolve_steering(changes)  # caller's context: steering() blocks count
         temperature = kwargs.pop("temperature", self.temperature)
         max_tokens = int(kwargs.pop("max_tokens", self.max_tokens))
         top_p = kwargs.pop("top_p", self.top_p)

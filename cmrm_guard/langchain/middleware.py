@@ -38,7 +38,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableBinding
 from torch import Tensor
 
-from cmrm_guard.config import SteeringConfig
+from cmrm_guard.config import SteeringConfig, SteeringLock
 from cmrm_guard.errors import ConfigError, NotSteerableModelError, VectorError
 from cmrm_guard.langchain.chat_models import ChatSteeredVLM
 from cmrm_guard.langchain.overrides import steering_dict
@@ -85,7 +85,14 @@ class CMRMGuardMiddleware(AgentMiddleware):
         enabled: ``False`` runs every call unsteered (recorded as such), e.g. for a baseline.
         strict: fail closed: a call that should be steered but cannot be (no valid pack) is not
             answered unsteered; ``on_unsteerable`` says what happens. ``False``: the model's own
-            ``strict`` decides.
+            ``strict`` decides. A strict guard without a ``lock`` is locked with
+            ``SteeringLock()``: settings from the request (a run's ``configurable``, a later
+            middleware's ``model_settings``, call arguments) cannot lower alpha, drop layers,
+            turn steering off or change mode / application / policy below this guard's
+            settings over the model's; such a call raises ``SteeringLockedError`` before the model runs.
+        lock: a :class:`~cmrm_guard.SteeringLock` stating what a request may change relative to
+            this guard's settings over the model's (``None``: ``SteeringLock()`` when strict,
+            else no lock). The model's own locks hold as well.
         on_unsteerable: for a model that cannot be steered (not a ChatSteeredVLM) or, with
             ``strict``, a call that cannot be: ``"raise"`` (``NotSteerableModelError`` /
             ``SteeringUnavailableError``) or ``"refuse"`` (the model is not run; the reply is
@@ -120,6 +127,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
         on_unsteerable: Literal["raise", "refuse"] = "raise",
         refusal_message: str = _REFUSAL,
         name: str | None = None,
+        lock: SteeringLock | None = None,
     ) -> None:
         given = {"alpha": alpha, "mode": mode, "application": application, "layers": layers}
         changes: dict[str, Any] = {"policy": policy, "enabled": enabled}
@@ -134,6 +142,9 @@ class CMRMGuardMiddleware(AgentMiddleware):
             )
         if not isinstance(strict, bool):
             raise ConfigError(f"CMRMGuardMiddleware: strict must be True or False, got {strict!r}")
+        if lock is not None and not isinstance(lock, SteeringLock):
+            raise ConfigError(f"CMRMGuardMiddleware: lock must be a SteeringLock, got {type(lock).__name__}")
+        self.lock = lock if lock is not None else SteeringLock() if strict else None
         # the SteeringConfig fields this guard sets on every call, validated and normalised
         self.steering: dict[str, Any] = {key: getattr(config, key) for key in changes}
         self.policy = config.policy
@@ -165,12 +176,13 @@ class CMRMGuardMiddleware(AgentMiddleware):
             NotSteerableModelError: ``model`` is not a ``ChatSteeredVLM`` (or a binding of one).
             PackMismatchError / VectorError: ``pack`` does not fit the model.
             LayerIndexError: ``layers`` are outside the model's decoder.
+            SteeringLockedError: this guard's settings are weaker than the model's lock allows.
         """
         chat = steerable_chat_model(model)
         if chat is None:
             raise NotSteerableModelError(self._not_steerable(model))
         target = self._target(chat)
-        target.steered.resolve_config(**self.steering)  # LayerIndexError now, not mid-call
+        target._resolve_steering(dict(self.steering))  # LayerIndexError / SteeringLockedError now
         return target
 
     def _not_steerable(self, model: Any) -> str:
@@ -186,7 +198,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
 
     def _target(self, chat: ChatSteeredVLM) -> ChatSteeredVLM:
         """``chat``, or its variant with this guard's pack / strictness (built once per model)."""
-        if self.pack is None and not self.strict:
+        if self.pack is None and not self.strict and self.lock is None:
             return chat
         key = id(chat)
         with self._lock:
@@ -200,7 +212,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
                 update.update(
                     strict=True, on_unsteerable=self.on_unsteerable, refusal_message=self.refusal_message
                 )
-            variant = chat.model_copy(update=update)
+            variant = chat._guarded_copy(update, self.lock, self.steering)
 
             def forget(ref: weakref.ref[ChatSteeredVLM], key: int = key) -> None:
                 if self._variants.get(key, (None,))[0] is ref:
@@ -219,8 +231,10 @@ class CMRMGuardMiddleware(AgentMiddleware):
             adapter=source.adapter,
             strict=True,  # a pack that does not fit raises (PackMismatchError), never a warning
             model_id=source.model_id,
+            lock=source.lock,
         )
         steered.strict = source.strict
+        steered._overrides = source._overrides  # the source's steering() blocks reach this pack too
         return steered
 
     # ------------------------------------------------------------------------------- a call
@@ -247,6 +261,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
             "steering": steering,
             "pack": self.pack_name,
             "strict": self.strict,
+            "lock": self.lock.model_dump(mode="json") if self.lock is not None else None,
         }
 
     def _refusal(self, reason: str) -> AIMessage:

@@ -4,6 +4,10 @@ A call's steering is, from weakest to strongest: ``SteeredVLM.config``, ``Steere
 blocks around the call, the chat model's ``steering`` field, ``RunnableConfig(configurable=
 {"cmrm_steering": {...}})``, then the call's ``steering={...}`` / shorthand ``alpha=``... arguments
 (``bind(...)`` arguments count as call arguments). This is the path a ``create_agent`` middleware uses.
+A ``SteeringConfig`` contributes only the fields that were set in it. Every one of these is a
+request-level setting that a :class:`~cmrm_guard.SteeringLock` (``SteeredVLM(lock=...)``,
+``ChatSteeredVLM(lock=...)``, ``CMRMGuardMiddleware(lock=...)``, or the default lock of a strict
+chat model or guard) holds to what the deployer allowed.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def steering_dict(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, SteeringConfig):
-        return value.model_dump()
+        return value.model_dump(exclude_unset=True)  # only what was set, as SteeredVLM merges
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - STEERING_FIELDS)
         if unknown:

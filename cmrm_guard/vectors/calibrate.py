@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from cmrm_guard.adapters import conversation as conv
 from cmrm_guard.adapters.conversation import Conversation
-from cmrm_guard.config import CalibrationConfig
+from cmrm_guard.config import Application, CalibrationConfig, Corruption, Estimator, check_alpha
 from cmrm_guard.errors import ConfigError, ConversationError
 
 if TYPE_CHECKING:
@@ -85,12 +85,12 @@ def calibrate(
     svlm: SteeredVLM,
     samples: Iterable[Any],
     *,
-    estimator: str = "mean",
+    estimator: Estimator = "mean",
     batch_size: int = 8,
-    corruption: str = "blank",
+    corruption: Corruption = "blank",
     layers: Sequence[int] | None = None,
     alpha: float = 1.0,
-    application: str = "increment",
+    application: Application = "increment",
     progress: bool | None = None,
     noise_seed: int = 0,
 ) -> VectorPack:
@@ -103,7 +103,8 @@ def calibrate(
         batch_size: samples per forward (each contributes two rows: its two twins).
         corruption: ``"blank"`` or ``"noise"``.
         layers: decoder layers to compute (``None``: all).
-        alpha, application: the defaults stored in the pack.
+        alpha, application: the defaults stored in the pack (alpha a finite number >= 0;
+            checked before any sample runs).
         progress: show a progress bar (``None``: only when stderr is a terminal).
         noise_seed: seed of the noise corruption.
 
@@ -119,6 +120,12 @@ def calibrate(
     settings = CalibrationConfig(
         estimator=estimator, corruption=corruption, batch_size=batch_size, noise_seed=noise_seed
     )
+    try:
+        check_alpha(alpha)
+    except ValueError as error:
+        raise ConfigError(f"calibrate: {error}") from None
+    if application not in ("increment", "every_layer"):
+        raise ConfigError(f"calibrate: application={application!r}: expected 'increment' or 'every_layer'")
     layer_list = list(range(svlm.num_layers)) if layers is None else sorted(set(layers))
     check_layer_indices(layer_list, svlm.num_layers)
     size = svlm.adapter.default_image_size(svlm.processor)
