@@ -162,12 +162,12 @@ def _eval(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cmrm-guard``."""
-    from cmrm_guard import __version__
+    from cmrm_guard import package_version
 
     parser = argparse.ArgumentParser(
         prog="cmrm-guard", description="CMRM safety steering for vision-language models"
     )
-    parser.add_argument("--version", action="version", version=f"cmrm-guard {__version__}")
+    parser.add_argument("--version", action="version", version=f"cmrm-guard {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(

@@ -15,6 +15,7 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
 
+from cmrm_guard import package_version
 from cmrm_guard.errors import PackError
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def download_pack(
     try:
         folder = snapshot_download(
             repo_id, revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only,
-            endpoint=endpoint, library_name=LIBRARY_NAME, library_version=_library_version(),
+            endpoint=endpoint, library_name=LIBRARY_NAME, library_version=package_version(),
         )  # fmt: skip
     except HFValidationError as err:
         raise PackError(
@@ -191,7 +192,7 @@ def upload_pack(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_library_version())
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=package_version())
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
     if revision is not None and not create_pr and revision != "main":
         api.create_branch(repo_url.repo_id, branch=revision, exist_ok=True)
@@ -208,9 +209,3 @@ def upload_pack(
             repo_url.repo_id, operations=operations, commit_message=commit_message,
             revision=revision, create_pr=create_pr,
         )  # fmt: skip
-
-
-def _library_version() -> str:
-    from cmrm_guard.vectors.pack import _package_version
-
-    return _package_version()
