@@ -23,7 +23,7 @@ import contextlib
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -201,7 +201,7 @@ class GenerationWorker:
     @classmethod
     def iterate(
         cls, target: Callable[[Any, StopFlag], Any], tokenizer: Any
-    ) -> tuple[GenerationWorker, Iterator[str]]:
+    ) -> tuple[GenerationWorker, Generator[str, None, None]]:
         """A started worker and an iterator of its text pieces.
 
         Closing the iterator early (or an exception in its consumer) stops the generation and joins
@@ -211,7 +211,7 @@ class GenerationWorker:
         pieces: queue.SimpleQueue[Any] = queue.SimpleQueue()
         worker = cls(target, tokenizer, on_piece=pieces.put, on_done=lambda: pieces.put(_DONE)).start()
 
-        def read() -> Iterator[str]:
+        def read() -> Generator[str, None, None]:
             try:
                 while (piece := pieces.get()) is not _DONE:
                     yield piece

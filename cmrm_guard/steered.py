@@ -1,8 +1,8 @@
 """`SteeredVLM`: a transformers vision-language model with CMRM applied at inference time.
 
 The wrapped model is never mutated: steering hooks exist only for the duration of one call
-(:mod:`cmrm_guard.hooks`), calls on one model run on its own thread under a per-model lock
-(:mod:`cmrm_guard.runtime`), and per-call settings travel as arguments or through :meth:`SteeredVLM.steering` (a context variable, so each
+(:mod:`cmrm_guard.hooks`), calls on one model are serialised by a per-model lock, and per-call
+settings travel as arguments or through :meth:`SteeredVLM.steering` (a context variable, so each
 thread and asyncio task has its own).
 """
 
@@ -687,30 +687,32 @@ class SteeredVLM:
         )
 
 
-def _check_local_model_path(model_id: str | Path) -> None:
-    """Raise ``ModelNotFoundError`` for a local model path that is not a folder.
-
-    A ``Path``, or a string starting with ``/``, ``.`` or ``~`` or holding more than one ``/`` (a
-    Hub id is ``name`` or ``owner/name``), names a local folder, not a Hub repository."""
+def _names_a_local_path(model_id: str | Path) -> bool:
+    """Whether ``model_id`` is a local path rather than a Hub id (``name`` or ``owner/name``): a
+    ``Path``, or a string starting with ``/``, ``.`` or ``~`` or holding more than one ``/``."""
     text = str(model_id)
-    looks_local = isinstance(model_id, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1
-    if looks_local and not Path(text).expanduser().is_dir():
-        kind = "is not a folder" if Path(text).expanduser().exists() else "does not exist"
+    return isinstance(model_id, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+
+
+def _check_local_model_path(model_id: str | Path) -> None:
+    """Raise ``ModelNotFoundError`` for a local model path that is not a folder."""
+    path = Path(str(model_id)).expanduser()
+    if _names_a_local_path(model_id) and not path.is_dir():
+        kind = "is not a folder" if path.exists() else "does not exist"
         raise ModelNotFoundError(
-            f"model folder {text!r} {kind}: expected a local folder written by save_pretrained, "
-            "or a Hub model id such as 'owner/name'"
+            f"model folder {str(model_id)!r} {kind}: expected a local folder written by "
+            "save_pretrained, or a Hub model id such as 'owner/name'"
         )
 
 
 def display_model_name(model_id: str | Path | None) -> str | None:
-    """``model_id`` as it may be shown to clients: a Hub id unchanged, a local folder by its name."""
+    """``model_id`` as it may be shown to clients: a Hub id unchanged, a local path by its last
+    component (the folder's name, never the path to it)."""
     if model_id is None or str(model_id) == "":
         return None
-    text = str(model_id)
-    path = Path(text).expanduser()
-    if isinstance(model_id, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1 or path.is_dir():
-        return path.resolve().name or text
-    return text
+    if _names_a_local_path(model_id):
+        return Path(str(model_id)).expanduser().resolve().name or str(model_id)
+    return str(model_id)
 
 
 def _text_of(conversation: Conversation) -> str:

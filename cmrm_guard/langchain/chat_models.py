@@ -17,10 +17,9 @@ never on the model: ``llm.invoke(msgs, steering={"alpha": 0.5})``, the shorthand
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -76,6 +75,9 @@ class _CallWorkers(list):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _CallWorkers:
         return self  # travels by reference: it is this call's handle, not data
+
+    def running(self) -> bool:
+        return any(worker.thread.is_alive() for worker in self)
 
     def stop_and_join(self) -> None:
         for worker in self:
@@ -280,7 +282,8 @@ class ChatSteeredVLM(BaseChatModel):
         try:
             yield from chunks
         finally:
-            chunks.close()
+            if isinstance(chunks, Generator):
+                chunks.close()
             workers.stop_and_join()
 
     async def astream(
@@ -296,14 +299,16 @@ class ChatSteeredVLM(BaseChatModel):
                 yield chunk
         finally:
             try:
-                await chunks.aclose()
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
             finally:
-                joined = asyncio.ensure_future(asyncio.to_thread(workers.stop_and_join))
-                try:
-                    await asyncio.shield(joined)
-                except asyncio.CancelledError:
-                    workers.stop_and_join()  # cancelled while waiting: block rather than leak hooks
-                    raise
+                if workers.running():
+                    joined = asyncio.ensure_future(asyncio.to_thread(workers.stop_and_join))
+                    try:
+                        await asyncio.shield(joined)
+                    except asyncio.CancelledError:
+                        workers.stop_and_join()  # cancelled while waiting: block rather than leak hooks
+                        raise
 
     # ------------------------------------------------------------------------- call planning
     def _image_limits(self) -> ImageLimits:
@@ -542,13 +547,15 @@ class ChatSteeredVLM(BaseChatModel):
         )
         kwargs.get(_WORKERS_KEY, []).append(run)
         gate = StreamGate(call.stops, call.parse_tools)
-        with contextlib.closing(pieces):
+        try:
             for piece in pieces:
                 delta = gate.feed(piece)
                 if gate.stopped:
                     run.stop()
                 if delta:
                     yield _text_chunk(delta)
+        finally:
+            pieces.close()
         yield from self._final_chunks(call, run, gate)
 
     async def _astream(
