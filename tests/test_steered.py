@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -262,4 +263,14 @@ def test_a_named_pack_that_fails_validation_raises_whatever_strict_says(tmp_path
         SteeredVLM(model, processor, vectors=folder, strict=strict)
     with pytest.raises(PackError):
         SteeredVLM(model, processor, vectors=str(folder), strict=strict)
+    for field, value in (("shifts_sha256", "0" * 64), ("format_version", "99.0")):
+        edited = tmp_path / f"pack-{field}"
+        good.save_pretrained(edited)
+        config = json.loads((edited / "pack_config.json").read_text())
+        config[field] = value  # a checksum mismatch, a future major version
+        (edited / "pack_config.json").write_text(json.dumps(config))
+        with pytest.raises(PackError):
+            SteeredVLM(model, processor, vectors=edited, strict=strict)
+    with pytest.raises(VectorError):
+        SteeredVLM(model, processor, vectors={0: torch.full((64,), float("nan"))}, strict=strict)
     assert count_hooks(model) == 0
