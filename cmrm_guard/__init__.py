@@ -17,6 +17,17 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+"""The version of this cmrm-guard (the wheel's version is read from this line)."""
+
+
+def package_version() -> str:
+    """This cmrm-guard's version: what packs record, the CLI prints and Hub requests send.
+
+    The one place a version is read (``__version__`` above, which the wheel's metadata copies), so
+    a source checkout on ``PYTHONPATH`` never reports the version of another installed copy.
+    """
+    return __version__
+
 
 _EXPORTS = {
     "SteeredVLM": "cmrm_guard.steered",
@@ -29,11 +40,13 @@ _EXPORTS = {
     "VectorPack": "cmrm_guard.vectors.pack",
     "PackMeta": "cmrm_guard.vectors.pack",
     "count_hooks": "cmrm_guard.hooks",
+    "CMRMWarning": "cmrm_guard.errors",
     "ChatSteeredVLM": "cmrm_guard.langchain",  # needs langchain-core (the `langchain` extra)
 }
 
 __all__ = [
     "AppliedSteering",
+    "CMRMWarning",
     "ChatSteeredVLM",
     "CalibrationConfig",
     "GenerationOutput",
@@ -45,10 +58,12 @@ __all__ = [
     "__version__",
     "calibrate",
     "count_hooks",
+    "package_version",
 ]
 
 if TYPE_CHECKING:
     from cmrm_guard.config import CalibrationConfig, SteeringConfig, SteeringLock
+    from cmrm_guard.errors import CMRMWarning
     from cmrm_guard.hooks import count_hooks
     from cmrm_guard.langchain import ChatSteeredVLM
     from cmrm_guard.outputs import AppliedSteering, GenerationOutput

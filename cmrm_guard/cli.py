@@ -218,10 +218,10 @@ _TIMEOUT_HELP = "total deadline of the Hub transfer in seconds (default $CMRM_GU
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cmrm-guard``."""
-    from cmrm_guard import __version__
+    from cmrm_guard import package_version
 
     parser = _Parser(prog="cmrm-guard", description="CMRM safety steering for vision-language models")
-    parser.add_argument("--version", action="version", version=f"cmrm-guard {__version__}")
+    parser.add_argument("--version", action="version", version=f"cmrm-guard {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(

@@ -1,8 +1,10 @@
-"""Errors raised by cmrm-guard.
+"""Errors and warnings raised by cmrm-guard.
 
 Every error derives from :class:`CMRMError` and also from the builtin exception a caller would
 expect (``ValueError``, ``KeyError``, ...), so ``except ValueError`` written before cmrm-guard keeps
 working. Messages name the bad value, what was expected and, where there is one, the way out.
+Warnings are :class:`CMRMWarning` (a ``UserWarning``), so they can be filtered or turned into errors
+with ``warnings.simplefilter("error", CMRMWarning)``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 
 class CMRMError(Exception):
     """Base class of every error cmrm-guard raises."""
+
+
+class CMRMWarning(UserWarning):
+    """Base class of every warning cmrm-guard emits (e.g. a fail-open call answered unsteered)."""
 
 
 class ConfigError(CMRMError, ValueError):
@@ -26,6 +32,10 @@ class LayerIndexError(CMRMError, IndexError):
 
 class UnsupportedArchitectureError(CMRMError, ValueError):
     """The language decoder of a model could not be identified with certainty."""
+
+
+class ModelNotFoundError(CMRMError, FileNotFoundError):
+    """A local model path given to ``from_pretrained`` is not a folder."""
 
 
 class AdapterRegistrationError(CMRMError, KeyError):

@@ -10,7 +10,12 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class AppliedSteering:
-    """What steering a call actually applied (for logs, traces and ``response_metadata``)."""
+    """What steering a call actually applied (for logs, traces and ``response_metadata``).
+
+    ``applied`` is False when the call ran unsteered; ``reason`` says why. ``fail_open`` is True
+    only when the call should have been steered but was answered unsteered because the wrapper was
+    built with ``strict=False`` (e.g. no pack attached in dataset mode): alert on it.
+    """
 
     applied: bool
     mode: str
@@ -22,6 +27,7 @@ class AppliedSteering:
     pack: str | None = None
     pack_revision: str | None = None
     reason: str = ""
+    fail_open: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-serialisable)."""
@@ -36,6 +42,7 @@ class AppliedSteering:
             "pack": self.pack,
             "pack_revision": self.pack_revision,
             "reason": self.reason,
+            "fail_open": self.fail_open,
         }
 
 

@@ -16,11 +16,12 @@ are pixel-identical across the rows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import DynamicCache
 
 from cmrm_guard.adapters import conversation as conv
@@ -28,7 +29,9 @@ from cmrm_guard.adapters.conversation import Conversation
 from cmrm_guard.hooks import record_last_token
 
 if TYPE_CHECKING:
-    from cmrm_guard.steered import SteeredVLM
+    from cmrm_guard.adapters.base import VLMAdapter
+
+T = TypeVar("T")
 
 FORWARD_COST_TOKENS = 64
 """Fixed cost of one more forward call, in token positions: streaming the weights of a small
@@ -40,6 +43,34 @@ ZERO_FILLED_KEYS = ("token_type_ids", "mm_token_type_ids")
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", *ZERO_FILLED_KEYS)
 """Processor outputs with one entry per token: sliced to the prefix."""
+
+
+@dataclass(frozen=True)
+class PrefixModel:
+    """What the shared-prefix pass uses of a steered model, and nothing more
+    (:meth:`cmrm_guard.SteeredVLM.prefix_model` builds one).
+
+    Attributes:
+        adapter: the architecture adapter (``shares_prompt_prefix``, image token, RoPE delta).
+        model: the model to call (a peft wrapper included).
+        layers: its decoder layers (where last-token states are recorded).
+        encode: ``encode(conversations, chat_template_kwargs)`` -> left-padded processor outputs.
+        model_inputs: processor outputs -> keyword arguments of ``model(...)`` on its device.
+        pad_token_id: id used to right-pad suffixes.
+        forward_kwargs: extra keyword arguments of every forward (``logits_to_keep=1``).
+        cache_kwarg: the name of the forward's KV cache argument.
+        run: ``run(fn)`` runs ``fn()`` on the model's thread under its lock and returns its result.
+    """
+
+    adapter: VLMAdapter
+    model: nn.Module
+    layers: Sequence[nn.Module]
+    encode: Callable[[Sequence[Conversation], Mapping[str, Any] | None], Any]
+    model_inputs: Callable[[Mapping[str, Any]], dict[str, Any]]
+    pad_token_id: int
+    forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    cache_kwarg: str = "past_key_values"
+    run: Callable[[Callable[[], Any]], Any] = field(default=lambda fn: fn())
 
 
 class PrefixCache(DynamicCache):
@@ -166,7 +197,7 @@ def _with_rope_delta(positions: Tensor, delta: Tensor | None) -> Tensor:
 
 
 def shared_prefix_states(
-    svlm: SteeredVLM,
+    target: PrefixModel,
     conversations: Sequence[Conversation],
     inputs: Mapping[str, Any],
     layers: Sequence[int],
@@ -185,15 +216,12 @@ def shared_prefix_states(
     Returns:
         layer -> (len(conversations), hidden) float32 CPU tensor.
     """
-    from cmrm_guard.model_thread import run_on_model_thread
-    from cmrm_guard.steered import model_lock
-
-    if not sharing_rows or not svlm.adapter.shares_prompt_prefix:
+    if not sharing_rows or not target.adapter.shares_prompt_prefix:
         return None
     rows = unpadded_rows(inputs)
     shared_set = set(sharing_rows)
     fresh_rows = [i for i in range(len(rows)) if i not in shared_set]
-    image_token = svlm.adapter.image_token_id(svlm.model)
+    image_token = target.adapter.image_token_id(target.model)
     if image_token is not None and any(bool((rows[i] == image_token).any()) for i in fresh_rows):
         return None
     group = [rows[i] for i in sharing_rows]
@@ -209,28 +237,26 @@ def shared_prefix_states(
     if plain_tokens - shared_tokens < extra_calls * FORWARD_COST_TOKENS:
         return None
     first = sharing_rows[0]
-    single = svlm.encode([conversations[first]], chat_template_kwargs)
+    single = target.encode([conversations[first]], chat_template_kwargs)
     if not torch.equal(single["input_ids"][0], rows[first]):
         return None  # the processor renders a row alone differently: do not guess
     with_images = image_token is not None and bool((rows[first][:length] == image_token).any())
-    prefix = svlm._model_inputs(_prefix_inputs(single, length, with_images))
+    prefix = target.model_inputs(_prefix_inputs(single, length, with_images))
     device = prefix["input_ids"].device
-    tokenizer = getattr(svlm.processor, "tokenizer", svlm.processor)
-    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    pad_id = target.pad_token_id
     keys = list(single.keys())
     suffix, suffix_positions, suffix_last = _right_padded(
         [row[length:] for row in group], length, pad_id, keys
     )
     fresh = _right_padded([rows[i] for i in fresh_rows], 0, pad_id, keys) if fresh_rows else None
-    extra: dict[str, Any] = {}
-    if svlm._forward_takes_logits_to_keep:
-        extra["logits_to_keep"] = 1
+    extra = dict(target.forward_kwargs)
+    cache_kwarg = target.cache_kwarg
 
     def forward(batch, positions, last_index, **kwargs) -> dict[int, Tensor]:
         width = batch["input_ids"].shape[1]
         offset = batch["attention_mask"].shape[1] - width
-        with record_last_token(svlm.layers, layers, last_index) as records:
-            svlm.model(
+        with record_last_token(target.layers, layers, last_index) as records:
+            target.model(
                 **{key: value.to(device) for key, value in batch.items()},
                 position_ids=positions.to(device),
                 cache_position=torch.arange(offset, offset + width, device=device),
@@ -240,16 +266,14 @@ def shared_prefix_states(
         return dict(records)
 
     def run() -> dict[int, Tensor]:
-        with model_lock(svlm.base_model), torch.inference_mode():
+        with torch.inference_mode():
             fresh_states = forward(*fresh, use_cache=False) if fresh is not None else {}
             cache = PrefixCache()
-            svlm.model(**prefix, **{svlm._cache_kwarg: cache}, use_cache=True, **extra)
+            target.model(**prefix, **{cache_kwarg: cache}, use_cache=True, **extra)
             cache.frozen = True
-            delta = svlm.adapter.rope_position_delta(svlm.model)
+            delta = target.adapter.rope_position_delta(target.model)
             positions = _with_rope_delta(suffix_positions, delta)
-            shared_states = forward(
-                suffix, positions, suffix_last, **{svlm._cache_kwarg: cache}, use_cache=True
-            )
+            shared_states = forward(suffix, positions, suffix_last, **{cache_kwarg: cache}, use_cache=True)
         out: dict[int, Tensor] = {}
         for layer in layers:
             merged = torch.empty(len(rows), shared_states[layer].shape[-1])
@@ -259,4 +283,4 @@ def shared_prefix_states(
             out[layer] = merged
         return out
 
-    return run_on_model_thread(svlm.base_model, run)
+    return target.run(run)

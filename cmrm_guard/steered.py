@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import threading
+import logging
 import warnings
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -27,35 +26,24 @@ from cmrm_guard.adapters.conversation import Conversation
 from cmrm_guard.adapters.registry import get_adapter
 from cmrm_guard.config import SteeringConfig, SteeringLock, check_alpha
 from cmrm_guard.errors import (
+    CMRMWarning,
     ConfigError,
     ConversationError,
-    LayerIndexError,
+    ModelNotFoundError,
     PackError,
     SteeringUnavailableError,
     UnsupportedArchitectureError,
-    VectorError,
 )
 from cmrm_guard.hooks import PromptPositions, check_layer_indices, record_last_token, steer
-from cmrm_guard.model_thread import run_on_model_thread
 from cmrm_guard.outputs import AppliedSteering, GenerationOutput
-from cmrm_guard.shared_prefix import shared_prefix_states
+from cmrm_guard.runtime import GenerationWorker, StopFlag, run_on_model_thread
+from cmrm_guard.shared_prefix import PrefixModel, shared_prefix_states
 from cmrm_guard.shifts import ShiftCache, layer_shifts
-from cmrm_guard.streaming import StopEvent, stream_text
 
 if TYPE_CHECKING:
     from cmrm_guard.vectors.pack import VectorPack
 
-_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock serialising hooked calls on ``model`` (shared by every wrapper of that model)."""
-    with _LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
+logger = logging.getLogger("cmrm_guard")
 
 
 class SteeredVLM:
@@ -66,17 +54,29 @@ class SteeredVLM:
         processor: its processor (tokenizer + image processor + chat template).
         vectors: dataset-level shift vectors: a :class:`~cmrm_guard.vectors.VectorPack`, a local
             pack directory or Hub repo id, a ``{layer: (hidden,) tensor}`` dict, a
-            ``(num_layers, hidden)`` tensor, or ``None`` (sample mode needs none).
+            ``(num_layers, hidden)`` tensor, or ``None`` (sample mode needs none). Vectors that
+            fail validation (NaN, wrong shape or layers, another model's pack, a bad checksum or
+            format version) always raise here (:class:`~cmrm_guard.errors.PackError`,
+            :class:`~cmrm_guard.errors.VectorError`, ...), whatever ``strict`` says: a pack the
+            caller named is never silently dropped.
         config: default :class:`SteeringConfig` for every call.
         adapter: architecture adapter; default: the registered one for ``config.model_type``.
         decoder_path: dotted path of the decoder layer list, for models no adapter knows.
-        strict: fail closed: a call that should be steered but cannot (no valid pack) raises
-            :class:`SteeringUnavailableError` instead of answering unsteered with a warning.
+        strict: fail closed (the default). A call that should be steered but cannot be (dataset
+            mode and no pack attached) raises :class:`SteeringUnavailableError`. ``strict=False``
+            opts into fail-open: such a call is answered unsteered, its record says so
+            (``AppliedSteering.fail_open``), and each one emits a
+            :class:`~cmrm_guard.errors.CMRMWarning` and a ``logging`` warning on the
+            ``"cmrm_guard"`` logger (the prompt is never logged). Fail-closed is the default
+            because this is a safety guard: a deployer who forgot the pack must find out before
+            serving, not from unsteered answers.
         vectors_revision / vectors_token: revision and token used when ``vectors`` is a Hub id.
         lock: a :class:`~cmrm_guard.SteeringLock`: what a call's settings (``steering()`` blocks,
             per-call ``config=``) may change relative to ``config``; a call asking for weaker
             steering raises :class:`~cmrm_guard.errors.SteeringLockedError` before it runs.
             ``None``: no lock.
+        model_id: the model's Hub id or local folder (default: the model config's
+            ``_name_or_path``); :attr:`model_name` shows it without the folder's path.
 
     Example:
         >>> svlm = SteeredVLM(model, processor, vectors=pack, config=SteeringConfig(alpha=0.8))
@@ -93,7 +93,7 @@ class SteeredVLM:
         config: SteeringConfig | None = None,
         adapter: VLMAdapter | None = None,
         decoder_path: str | None = None,
-        strict: bool = False,
+        strict: bool = True,
         vectors_revision: str | None = None,
         vectors_token: str | bool | None = None,
         model_id: str | None = None,
@@ -114,7 +114,6 @@ class SteeredVLM:
         self.model_id = model_id or getattr(self.base_model.config, "_name_or_path", None) or None
         self.config = config or SteeringConfig()
         self.strict = bool(strict)
-        self._warned_unsteered = False
         self.lock = lock
         self._shift_cache = ShiftCache()
         self._overrides: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -125,18 +124,8 @@ class SteeredVLM:
         # the KV cache argument: ``cache`` since transformers 5.24 (``past_key_values`` is deprecated)
         self._cache_kwarg = "cache" if "cache" in forward_parameters else "past_key_values"
         self.vectors: VectorPack | None = None
-        self.vectors_error: Exception | None = None
-        if vectors is not None:
-            try:
-                self.vectors = self._load_vectors(vectors, vectors_revision, vectors_token)
-            except (PackError, VectorError, LayerIndexError) as error:
-                # in-memory vectors are the caller's code: always an error. A pack (object, folder
-                # or Hub id) that does not fit is refused; strict decides between failing closed
-                # and serving unsteered with a warning.
-                if strict or isinstance(vectors, Tensor | Mapping):
-                    raise
-                self.vectors_error = error
-                warnings.warn(f"vector pack refused, the model stays unsteered: {error}", stacklevel=2)
+        if vectors is not None:  # named vectors that do not validate raise, whatever `strict` says
+            self.vectors = self._load_vectors(vectors, vectors_revision, vectors_token)
         self._check_layers_setting(self.config)
 
     # ---------------------------------------------------------------------------- construction
@@ -149,7 +138,7 @@ class SteeredVLM:
         vectors_revision: str | None = None,
         vectors_token: str | bool | None = None,
         config: SteeringConfig | None = None,
-        strict: bool = False,
+        strict: bool = True,
         processor: Any = None,
         decoder_path: str | None = None,
         revision: str | None = None,
@@ -161,7 +150,10 @@ class SteeredVLM:
         """Load a VLM and its processor with transformers and wrap them.
 
         Args:
-            model_id: a Hub model id or a local directory written by ``save_pretrained``.
+            model_id: a Hub model id (``"name"`` or ``"owner/name"``) or a local directory written
+                by ``save_pretrained``; a path (a ``Path``, or a string starting with ``/``, ``.``
+                or ``~``, or holding more than one ``/``) that is not a folder raises
+                :class:`~cmrm_guard.errors.ModelNotFoundError`.
             vectors, vectors_revision, vectors_token, config, strict, decoder_path, lock: as in
                 :class:`SteeredVLM`.
             processor: use this processor instead of loading one.
@@ -172,6 +164,7 @@ class SteeredVLM:
         """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        _check_local_model_path(model_id)
         hub_kwargs: dict[str, Any] = {}
         if revision is not None:
             hub_kwargs["revision"] = revision
@@ -216,11 +209,32 @@ class SteeredVLM:
         )
 
     def attach(self, vectors: Any, *, revision: str | None = None, token: Any = None) -> None:
-        """Validate and attach a new pack; a refused pack leaves the current one in place."""
+        """Validate and attach a new pack; a refused pack raises and leaves the current one in place."""
         pack = self._load_vectors(vectors, revision, token)
         self.vectors = pack
-        self.vectors_error = None
         self._shift_cache.clear()
+
+    @property
+    def model_name(self) -> str:
+        """The model's name for logs and metadata: its Hub id, or its local folder's name (never the
+        folder's path); ``model_type`` when neither is known."""
+        return display_model_name(self.model_id) or self.model_type or "steered-vlm"
+
+    def prefix_model(self) -> PrefixModel:
+        """What the shared-prefix pass (:mod:`cmrm_guard.shared_prefix`) may use of this model."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        base_model = self.base_model
+        return PrefixModel(
+            adapter=self.adapter,
+            model=self.model,
+            layers=self.layers,
+            encode=self.encode,
+            model_inputs=self._model_inputs,
+            pad_token_id=getattr(tokenizer, "pad_token_id", None) or 0,
+            forward_kwargs={"logits_to_keep": 1} if self._forward_takes_logits_to_keep else {},
+            cache_kwarg=self._cache_kwarg,
+            run=lambda fn: run_on_model_thread(base_model, fn),
+        )
 
     # -------------------------------------------------------------------------------- settings
     @contextmanager
@@ -421,7 +435,7 @@ class SteeredVLM:
         pack = self.vectors
         pack_id = pack_revision = None
         if pack is not None:
-            pack_id = pack.meta.repo_id or pack.meta.base_model
+            pack_id = display_model_name(pack.meta.repo_id or pack.meta.base_model)
             pack_revision = pack.meta.revision
         image_rows = self._image_rows(conversations, inputs)
         record = dict(mode=config.mode, policy=config.policy, pack=pack_id, pack_revision=pack_revision)
@@ -437,17 +451,13 @@ class SteeredVLM:
         if config.mode == "dataset":
             if pack is None:
                 reason = "no valid vector pack attached"
-                if self.vectors_error is not None:
-                    reason += f" ({self.vectors_error})"
                 if strict:
                     raise SteeringUnavailableError(
                         f"strict mode: this call should be steered but cannot be: {reason}. Attach a "
                         "pack (vectors=...), use SteeringConfig(mode='sample'), or strict=False"
                     )
-                if not self._warned_unsteered:
-                    warnings.warn(f"answering unsteered: {reason}", stacklevel=3)
-                    self._warned_unsteered = True
-                return {}, AppliedSteering(False, reason=reason, **record)
+                self._report_fail_open(reason)
+                return {}, AppliedSteering(False, reason=reason, fail_open=True, **record)
             alpha, application = self._strength(config)
             assert alpha is not None and application is not None  # a pack supplies both
             shifts = self._shift_cache.shifts(
@@ -476,6 +486,12 @@ class SteeredVLM:
             **record,
         )
         return shifts, applied
+
+    def _report_fail_open(self, reason: str) -> None:
+        """Warn (``CMRMWarning``) and log that a call is answered unsteered (never the prompt)."""
+        message = f"answering unsteered (strict=False, fail-open): {reason}; model {self.model_name}"
+        warnings.warn(message, CMRMWarning, stacklevel=4)
+        logger.warning(message, extra={"cmrm_fail_open": True, "cmrm_model": self.model_name})
 
     def _sample_shifts(
         self,
@@ -535,7 +551,7 @@ class SteeredVLM:
         inputs = self.encode(twins, chat_template_kwargs)
         self._check_no_image_tokens(inputs["input_ids"], range(n))
         states = shared_prefix_states(
-            self,
+            self.prefix_model(),
             twins,
             inputs,
             layers,
@@ -594,7 +610,7 @@ class SteeredVLM:
         model_inputs = self._model_inputs(inputs)
 
         def run() -> dict[int, Tensor]:
-            with model_lock(self.base_model), torch.inference_mode(), ExitStack() as stack:
+            with torch.inference_mode(), ExitStack() as stack:
                 stack.enter_context(steer(self.layers, dict(shifts or {}), positions))
                 records = stack.enter_context(record_last_token(self.layers, layers, positions.last_index))
                 self.model(**model_inputs, **kwargs)
@@ -623,7 +639,11 @@ class SteeredVLM:
         config: SteeringConfig | Mapping[str, Any] | None = None,
         **model_kwargs: Any,
     ) -> Any:
-        """One steered forward pass (prefill) over a batch; returns the model's output."""
+        """One steered forward pass (prefill) over a batch; returns the model's output.
+
+        It runs with the caller's grad mode: under ``torch.no_grad()`` or ``torch.inference_mode()``
+        no graph is built, otherwise the output carries gradients (e.g. for attribution).
+        """
         settings = self.resolve_config(config)  # refused settings fail before any encoding
         conversations, inputs = self._prepare(conversations_or_inputs)
         shifts, _ = self.plan(settings, conversations, inputs)
@@ -633,7 +653,7 @@ class SteeredVLM:
         model_inputs = self._model_inputs(inputs)
 
         def run() -> Any:
-            with model_lock(self.base_model), steer(self.layers, shifts, positions):
+            with steer(self.layers, shifts, positions):
                 return self.model(**model_inputs, **model_kwargs)
 
         return run_on_model_thread(self.base_model, run)
@@ -669,15 +689,15 @@ class SteeredVLM:
             inputs["attention_mask"], settings.positions, settings.step_scope
         )
         generate_kwargs.setdefault("pad_token_id", _pad_token_id(self.processor))
-        stop = StopEvent()  # lets an interrupted caller stop the generation on the model thread
+        stop = StopFlag()  # lets an interrupted caller stop the generation on the model thread
         generate_kwargs["stopping_criteria"] = [*(generate_kwargs.get("stopping_criteria") or []), stop]
         model_inputs = self._model_inputs(inputs)
 
         def run() -> Any:
-            with model_lock(self.base_model), steer(self.layers, shifts, positions), torch.inference_mode():
+            with steer(self.layers, shifts, positions), torch.inference_mode():
                 return self.model.generate(**model_inputs, streamer=streamer, **generate_kwargs)
 
-        raw = run_on_model_thread(self.base_model, run, on_interrupt=stop.event.set)
+        raw = run_on_model_thread(self.base_model, run, on_interrupt=stop.set)
         sequences = raw.sequences if hasattr(raw, "sequences") else raw
         prompt_length = positions.prompt_length
         new_tokens = sequences[:, prompt_length:]
@@ -711,25 +731,30 @@ class SteeredVLM:
     ) -> Iterator[str]:
         """Yield the answer to one conversation piece by piece as it is generated.
 
-        Closing the iterator early stops generation and removes the hooks before it returns.
+        Closing the iterator early stops generation and removes the hooks before it returns; an
+        error of the generation is raised here.
         """
         conversation = conv.check_conversation(conversation)
         settings = self.resolve_config(config)  # resolved here: the worker thread has no context
         generate_kwargs.setdefault("do_sample", False)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        extra_criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
 
-        def run(streamer: Any, stopping_criteria: Any) -> None:
-            self.generate(
+        def run(streamer: Any, stop_flag: StopFlag) -> GenerationOutput:
+            return self.generate(
                 [conversation],
                 config=settings,
                 streamer=streamer,
-                stopping_criteria=stopping_criteria,
+                stopping_criteria=[*extra_criteria, stop_flag],
                 max_new_tokens=max_new_tokens,
                 **generate_kwargs,
             )
 
-        extra_criteria = generate_kwargs.pop("stopping_criteria", None)
-        yield from stream_text(run, tokenizer, extra_criteria)
+        worker, pieces = GenerationWorker.iterate(run, tokenizer)
+        for piece in pieces:
+            if piece:
+                yield piece
+        worker.result()
 
     def __repr__(self) -> str:
         pack = repr(self.vectors) if self.vectors is not None else "None"
@@ -751,6 +776,34 @@ def _set_fields(config: SteeringConfig | Mapping[str, Any] | None) -> dict[str, 
             f"config must be a SteeringConfig or a mapping of its fields, got {type(config).__name__}"
         )
     return config.model_dump(exclude_unset=True)
+
+
+def _names_a_local_path(model_id: str | Path) -> bool:
+    """Whether ``model_id`` is a local path rather than a Hub id (``name`` or ``owner/name``): a
+    ``Path``, or a string starting with ``/``, ``.`` or ``~`` or holding more than one ``/``."""
+    text = str(model_id)
+    return isinstance(model_id, Path) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+
+
+def _check_local_model_path(model_id: str | Path) -> None:
+    """Raise ``ModelNotFoundError`` for a local model path that is not a folder."""
+    path = Path(str(model_id)).expanduser()
+    if _names_a_local_path(model_id) and not path.is_dir():
+        kind = "is not a folder" if path.exists() else "does not exist"
+        raise ModelNotFoundError(
+            f"model folder {str(model_id)!r} {kind}: expected a local folder written by "
+            "save_pretrained, or a Hub model id such as 'owner/name'"
+        )
+
+
+def display_model_name(model_id: str | Path | None) -> str | None:
+    """``model_id`` as it may be shown to clients: a Hub id unchanged, a local path by its last
+    component (the folder's name, never the path to it)."""
+    if model_id is None or str(model_id) == "":
+        return None
+    if _names_a_local_path(model_id):
+        return Path(str(model_id)).expanduser().resolve().name or str(model_id)
+    return str(model_id)
 
 
 def _text_of(conversation: Conversation) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from cmrm_guard import SteeredVLM, SteeringConfig, SteeringLock, count_hooks
 from cmrm_guard.errors import (
+    CMRMWarning,
     ConfigError,
     RemoteImageRefusedError,
     SteeringLockedError,
@@ -197,6 +198,40 @@ def test_cancelled_async_calls_stop_generation_and_leave_no_hooks():
     assert llm.invoke([_image_message()], max_tokens=2).content is not None  # the model is free again
 
 
+def test_closed_streams_return_only_once_their_hooks_are_gone():
+    llm = _llm("qwen2_vl", max_tokens=4000)
+    model = llm.steered.model
+
+    async def close_early() -> int:
+        stream = llm.astream([_image_message()])
+        await stream.__anext__()
+        await stream.__anext__()
+        await stream.aclose()
+        return count_hooks(model)  # at once: no waiting for the garbage collector
+
+    assert asyncio.run(asyncio.wait_for(close_early(), 60)) == 0
+    stream = llm.stream([_image_message()])
+    next(stream)
+    next(stream)
+    stream.close()
+    assert count_hooks(model) == 0
+    assert llm.invoke([_image_message()], max_tokens=2).content is not None  # the model is free again
+
+
+def test_fail_open_unsteered_answers_are_flagged_in_response_metadata():
+    model, processor = tiny("llava")
+    llm = ChatSteeredVLM(steered=SteeredVLM(model, processor, strict=False), max_tokens=3)
+    assert ChatSteeredVLM(steered=SteeredVLM(model, processor), max_tokens=3).steered.strict is True
+    with pytest.warns(CMRMWarning, match="fail-open"):
+        message = llm.invoke([_image_message()])
+    assert message.response_metadata["cmrm_steering"]["applied"] is False
+    assert message.response_metadata["cmrm_steering"]["fail_open"] is True
+    with pytest.warns(CMRMWarning, match="fail-open"):
+        chunks = list(llm.stream([_image_message()]))
+    assert sum(chunks[1:], chunks[0]).response_metadata["cmrm_steering"]["fail_open"] is True
+    assert llm.invoke("hello").response_metadata["cmrm_steering"]["fail_open"] is False  # nothing to steer
+
+
 def test_strict_mode_raises_or_refuses_instead_of_answering_unsteered():
     model, processor = tiny("llava")
     unpacked = SteeredVLM(model, processor)  # no vector pack: dataset mode cannot steer
@@ -315,8 +350,22 @@ def test_from_pretrained_splits_chat_fields_from_loading_arguments(tmp_path):
     llm = ChatSteeredVLM.from_pretrained(
         str(tmp_path), vectors=random_vectors(2, 64), max_tokens=3, temperature=0.0, steering={"alpha": 0.5}
     )
-    assert llm.model_name == str(tmp_path) and llm.max_tokens == 3
-    assert llm.invoke([_image_message()]).response_metadata["cmrm_steering"]["alpha"] == 0.5
+    assert llm.model_name == tmp_path.name and llm.max_tokens == 3  # the folder's name, not its path
+    message = llm.invoke([_image_message()])
+    assert message.response_metadata["cmrm_steering"]["alpha"] == 0.5
+    assert message.response_metadata["model_name"] == tmp_path.name
+    assert str(tmp_path) not in repr(message.response_metadata) and str(tmp_path) not in repr(
+        llm._identifying_params
+    )
+    model, processor = tiny("llava")  # a config whose _name_or_path is a local path
+    model_copy = ChatSteeredVLM(
+        steered=SteeredVLM(model, processor, vectors=random_vectors(2, 64), model_id=str(tmp_path))
+    )
+    assert model_copy.model_name == tmp_path.name
+    hub = ChatSteeredVLM(
+        steered=SteeredVLM(model, processor, vectors=random_vectors(2, 64), model_id="org/vlm")
+    )
+    assert hub.model_name == "org/vlm"  # a Hub id is shown as it is
 
 
 def test_importing_cmrm_guard_does_not_import_langchain():

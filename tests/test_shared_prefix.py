@@ -53,7 +53,7 @@ def test_shared_prefix_equals_one_plain_forward(model_type, rows, always_share):
     inputs = svlm.encode(twins)
     layers = list(range(svlm.num_layers))
     shared = shared_prefix.shared_prefix_states(
-        svlm, twins, inputs, layers, sharing_rows=range(rows, 2 * rows)
+        svlm.prefix_model(), twins, inputs, layers, sharing_rows=range(rows, 2 * rows)
     )
     assert shared is not None, "the registered adapters share prefixes"
     plain = svlm._last_token_states_of(inputs, layers)
@@ -72,7 +72,9 @@ def test_multimodal_rope_needs_the_prefix_delta(always_share, monkeypatch):
     inputs = svlm.encode(twins)
     plain = svlm._last_token_states_of(inputs, [0, 1])
     monkeypatch.setattr(type(svlm.adapter), "rope_position_delta", lambda self, model: None)
-    wrong = shared_prefix.shared_prefix_states(svlm, twins, inputs, [0, 1], sharing_rows=range(2, 4))
+    wrong = shared_prefix.shared_prefix_states(
+        svlm.prefix_model(), twins, inputs, [0, 1], sharing_rows=range(2, 4)
+    )
     assert (wrong[1] - plain[1]).abs().max() > 1e-5
 
 
@@ -101,7 +103,10 @@ def test_differing_images_are_never_shared(always_share):
     length = common_prefix_length(rows)
     assert image_runs(rows[0], image_token)[0][1] <= length  # the tokens agree past the image ...
     assert image_safe_length(length, rows, image_token, twins[3:]) == 0  # ... the pixels do not
-    assert shared_prefix.shared_prefix_states(svlm, twins, inputs, [0], sharing_rows=range(3, 6)) is None
+    assert (
+        shared_prefix.shared_prefix_states(svlm.prefix_model(), twins, inputs, [0], sharing_rows=range(3, 6))
+        is None
+    )
 
 
 def test_image_safe_length_rules():
@@ -133,7 +138,9 @@ def test_image_rows_outside_the_shared_group_are_refused(always_share):
     svlm = SteeredVLM(model, processor)
     chats = [image_chat(p, seed=i) for i, p in enumerate(PROMPTS[:2])]
     inputs = svlm.encode(chats)
-    assert shared_prefix.shared_prefix_states(svlm, chats, inputs, [0], sharing_rows=[1]) is None
+    assert (
+        shared_prefix.shared_prefix_states(svlm.prefix_model(), chats, inputs, [0], sharing_rows=[1]) is None
+    )
 
 
 def test_generic_fallback_does_not_share(always_share, shared_calls):

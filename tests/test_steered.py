@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import threading
+from importlib import import_module
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ import torch
 from cmrm_guard import SteeredVLM, SteeringConfig, count_hooks
 from cmrm_guard.adapters import corrupted_twin
 from cmrm_guard.errors import (
+    CMRMWarning,
     ConfigError,
     ConversationError,
     LayerIndexError,
@@ -176,18 +180,35 @@ def test_half_precision_model_gets_the_shift_in_its_own_dtype(dtype):
     assert isinstance(text, str)
 
 
-def test_strict_mode_fails_closed_without_a_pack_and_lenient_mode_warns():
+def test_strict_is_the_default_and_fails_closed_without_a_pack():
     model, processor = tiny("llava")
-    strict = SteeredVLM(model, processor, strict=True)
+    default = SteeredVLM(model, processor)
+    assert default.strict is True
     with pytest.raises(SteeringUnavailableError, match="no valid vector pack"):
-        strict.chat(image_chat(), max_new_tokens=2)
-    assert strict.chat(text_chat(), max_new_tokens=2) is not None  # text-only: nothing to steer
-    lenient = SteeredVLM(model, processor)
-    with pytest.warns(UserWarning, match="answering unsteered"):
-        output = lenient.generate([image_chat()], max_new_tokens=2)
-    assert output.steering.applied is False and "no valid vector pack" in output.steering.reason
-    sample = SteeredVLM(model, processor, strict=True, config=SteeringConfig(mode="sample"))
+        default.chat(image_chat(), max_new_tokens=2)
+    assert default.chat(text_chat(), max_new_tokens=2) is not None  # text-only: nothing to steer
+    sample = SteeredVLM(model, processor, config=SteeringConfig(mode="sample"))
     assert sample.generate([image_chat()], max_new_tokens=2).steering.applied
+    assert count_hooks(model) == 0
+
+
+def test_fail_open_answers_are_flagged_warned_and_logged_without_the_prompt(caplog):
+    model, processor = tiny("llava")
+    lenient = SteeredVLM(model, processor, strict=False, model_id="/srv/models/secret-llava")
+    prompt = "a very private prompt about my neighbour"
+    caplog.set_level(logging.WARNING, logger="cmrm_guard")
+    for _ in range(2):  # every unsteered answer, not only the first
+        with pytest.warns(CMRMWarning, match="answering unsteered.*no valid vector pack"):
+            output = lenient.generate([image_chat(prompt)], max_new_tokens=2)
+        assert output.steering.applied is False and output.steering.fail_open is True
+        assert output.steering.as_dict()["fail_open"] is True
+    records = [r for r in caplog.records if r.name == "cmrm_guard" and "fail-open" in r.getMessage()]
+    assert len(records) == 2 and all(r.levelno == logging.WARNING for r in records)
+    assert all(prompt not in r.getMessage() and "/srv/models" not in r.getMessage() for r in records)
+    assert records[0].cmrm_fail_open is True
+    intended = lenient.generate([image_chat()], config=SteeringConfig(enabled=False), max_new_tokens=2)
+    assert intended.steering.applied is False and intended.steering.fail_open is False
+    assert import_module("cmrm_guard").CMRMWarning is CMRMWarning and issubclass(CMRMWarning, UserWarning)
 
 
 def test_bad_inputs_name_the_value_and_what_was_expected():
@@ -221,19 +242,35 @@ def test_bad_inputs_name_the_value_and_what_was_expected():
     assert count_hooks(model) == 0
 
 
-def test_a_pack_for_another_model_is_refused_and_leaves_the_model_unsteered():
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_named_pack_that_fails_validation_raises_whatever_strict_says(tmp_path, strict):
     from cmrm_guard import PackMeta, VectorPack
-    from cmrm_guard.errors import PackMismatchError
+    from cmrm_guard.errors import PackError, PackMismatchError
 
     model, processor = tiny("llava")
     meta = PackMeta(model_type="qwen2_vl", hidden_size=64, num_layers=2, layer_indices=[0, 1])
     foreign = VectorPack({0: torch.ones(64), 1: torch.ones(64)}, meta)
     with pytest.raises(PackMismatchError, match="qwen2_vl"):
-        SteeredVLM(model, processor, vectors=foreign, strict=True)
-    with pytest.warns(UserWarning, match="vector pack refused"):
-        lenient = SteeredVLM(model, processor, vectors=foreign)
-    assert lenient.vectors is None and isinstance(lenient.vectors_error, PackMismatchError)
-    with pytest.warns(UserWarning, match="answering unsteered"):
-        output = lenient.generate([image_chat()], max_new_tokens=2)
-    assert not output.steering.applied and "qwen2_vl" in output.steering.reason
+        SteeredVLM(model, processor, vectors=foreign, strict=strict)
+    good = VectorPack(
+        random_vectors(2, 64),
+        PackMeta(model_type="llava", hidden_size=64, num_layers=2, layer_indices=[0, 1]),
+    )
+    folder = tmp_path / "pack"
+    good.save_pretrained(folder)
+    (folder / "shifts.safetensors").write_bytes(b"not safetensors at all")  # a damaged folder
+    with pytest.raises(PackError):
+        SteeredVLM(model, processor, vectors=folder, strict=strict)
+    with pytest.raises(PackError):
+        SteeredVLM(model, processor, vectors=str(folder), strict=strict)
+    for field, value in (("shifts_sha256", "0" * 64), ("format_version", "99.0")):
+        edited = tmp_path / f"pack-{field}"
+        good.save_pretrained(edited)
+        config = json.loads((edited / "pack_config.json").read_text())
+        config[field] = value  # a checksum mismatch, a future major version
+        (edited / "pack_config.json").write_text(json.dumps(config))
+        with pytest.raises(PackError):
+            SteeredVLM(model, processor, vectors=edited, strict=strict)
+    with pytest.raises(VectorError):
+        SteeredVLM(model, processor, vectors={0: torch.full((64,), float("nan"))}, strict=strict)
     assert count_hooks(model) == 0

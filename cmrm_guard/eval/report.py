@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cmrm_guard.errors import CMRMError
+from cmrm_guard.eval.colours import PLOT_COLOURS, condition_colours
 
 if TYPE_CHECKING:
     from cmrm_guard.eval.runner import EvalResults
@@ -183,16 +184,13 @@ def _series(results: EvalResults, judge: str) -> dict[str, Any]:
     return {"curves": curves, "sample": sample, "references": references}
 
 
-_METRIC_COLOURS = {"unsafe": "C3", "broken": "0.45", "over-refusal": "C1", "utility": "C0"}
 _PACK_STYLES = (("-", "o"), ("--", "s"), (":", "D"), ("-.", "v"))
 
 
 def _condition_colours(results: EvalResults) -> dict[str, str]:
     """One colour per steered condition, shared by the diagnostic plots."""
     steered = [n for n, spec in results.data["conditions"].items() if spec["kind"] in ("dataset", "sample")]
-    palette = ["C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9", "C3", "C7"]
-    colours = {name: palette[i % len(palette)] for i, name in enumerate(steered)}
-    return colours | {"multimodal": "k", "text-only": "0.5"}
+    return condition_colours(steered)
 
 
 def plot_alpha_sweep(results: EvalResults, path: str | Path, judge: str | None = None) -> Path:
@@ -212,7 +210,7 @@ def plot_alpha_sweep(results: EvalResults, path: str | Path, judge: str | None =
             if not kept:
                 continue
             xs = [a for a, _ in kept]
-            colour = _METRIC_COLOURS[metric]
+            colour = PLOT_COLOURS[metric]
             axis.plot(
                 xs,
                 [_rate(e) for _, e in kept],
@@ -226,8 +224,9 @@ def plot_alpha_sweep(results: EvalResults, path: str | Path, judge: str | None =
     for alpha, values in series["sample"]:
         for metric, axis in axes.items():
             if _rate(values[metric]) is not None:
-                axis.plot([alpha], [_rate(values[metric])], "*", color=_METRIC_COLOURS[metric], markersize=13,
-                          markeredgecolor="k", linestyle="none", label=f"{metric}, sample-level")  # fmt: skip
+                axis.plot([alpha], [_rate(values[metric])], "*", color=PLOT_COLOURS[metric], markersize=13,
+                          markeredgecolor=PLOT_COLOURS["highlight"], linestyle="none",
+                          label=f"{metric}, sample-level")  # fmt: skip
     references = [("text_only", ":", "text-only twin")]
     if not series["curves"]:
         references.append(("multimodal", "-.", "unsteered image+text"))
@@ -235,7 +234,7 @@ def plot_alpha_sweep(results: EvalResults, path: str | Path, judge: str | None =
         values = series["references"].get(kind)
         for metric, axis in axes.items():
             if values and metric != "broken" and _rate(values[metric]) is not None:
-                axis.axhline(_rate(values[metric]), color=_METRIC_COLOURS[metric], linestyle=style,
+                axis.axhline(_rate(values[metric]), color=PLOT_COLOURS[metric], linestyle=style,
                              linewidth=1.2, label=f"{metric}, {text}")  # fmt: skip
     safety.set(xlabel="alpha (0 = unsteered)", ylabel="share of prompts", ylim=(-0.02, 1.02),
                title=f"Safety vs alpha (judge: {judge})")  # fmt: skip
@@ -262,7 +261,7 @@ def plot_layer_gap(results: EvalResults, path: str | Path) -> Path:
             before = name == "multimodal"
             label = "before: unsteered image+text" if before else f"after: {name}"
             width = 2.2 if before else 1.3
-            colour = colours.get(name, "C7")
+            colour = colours.get(name, PLOT_COLOURS["other"])
             cosine.plot(layers, gap["cosine"], color=colour, linewidth=width, marker=".", label=label)
             distance.plot(layers, gap["l2"], color=colour, linewidth=width, marker=".", label=label)
         n = len(diagnostics["prompt_ids"])
@@ -293,8 +292,9 @@ def plot_pca(results: EvalResults, path: str | Path) -> Path:
         markers = {"text-only": "s", "multimodal": "o"}
         for name, points in pca["points"].items():
             xs, ys = [p[0] for p in points], [p[1] for p in points]
-            axis.scatter(xs, ys, marker=markers.get(name, "^"), color=colours.get(name, "C7"), s=28,
-                         alpha=0.85, label=name)  # fmt: skip
+            colour = colours.get(name, PLOT_COLOURS["other"])
+            axis.scatter(xs, ys, marker=markers.get(name, "^"), color=colour, s=28, alpha=0.85,
+                         label=name)  # fmt: skip
         ratio = pca["explained_variance_ratio"]
         axis.set(xlabel=f"PC1 ({100 * ratio[0]:.0f}% of variance)", ylabel=f"PC2 ({100 * ratio[1]:.0f}%)",
                  title=f"Last-prompt-token states at decoder layer {pca['layer']}")  # fmt: skip

@@ -292,7 +292,7 @@ def _start(
     judges: Sequence[Judge],
     resume: bool,
 ) -> EvalResults:
-    from cmrm_guard import __version__
+    from cmrm_guard import package_version
 
     path = folder / RESULTS_NAME if folder is not None else None
     prompt_records = {p.id: p.record() for p in prompts}
@@ -326,7 +326,7 @@ def _start(
         "format": FORMAT,
         "created": _now(),
         "updated": _now(),
-        "cmrm_guard_version": __version__,
+        "cmrm_guard_version": package_version(),
         **header,
         "judges": [j.name for j in judges],
         "prompts": prompt_records,

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,11 +38,10 @@ from transformers import LogitsProcessorList
 from cmrm_guard.adapters.conversation import Conversation
 from cmrm_guard.config import SteeringConfig, SteeringLock
 from cmrm_guard.errors import ConfigError, SteeringUnavailableError
-from cmrm_guard.langchain.generation import ForcedPrefix, GenerationRun, SeededSampler, cut_at_stop
+from cmrm_guard.langchain.generation import ForcedPrefix, SeededSampler, StreamGate, cut_at_stop
 from cmrm_guard.langchain.images import ImageLimits
 from cmrm_guard.langchain.messages import add_system_text, to_conversation
 from cmrm_guard.langchain.overrides import CONFIGURABLE_KEY, STEERING_FIELDS, steering_dict, with_configurable
-from cmrm_guard.langchain.streaming import StreamGate, call_soon, resolve_future, text_chunk, wait_or_stop
 from cmrm_guard.langchain.structured import structured_output
 from cmrm_guard.langchain.tools import (
     OPEN_TAG,
@@ -53,12 +51,38 @@ from cmrm_guard.langchain.tools import (
     resolve_tool_choice,
     tool_instructions,
 )
-from cmrm_guard.steered import AppliedSteering, GenerationOutput, SteeredVLM
+from cmrm_guard.runtime import GenerationWorker, StopFlag, call_soon, resolve_future, wait_or_stop
+from cmrm_guard.steered import AppliedSteering, GenerationOutput, SteeredVLM, display_model_name
 
 __all__ = ["CONFIGURABLE_KEY", "ChatSteeredVLM"]
 
 _IGNORED_KWARGS = frozenset({"stream", "parallel_tool_calls"})
 _DONE = object()
+_WORKERS_KEY = "cmrm_call_workers"
+
+
+class _CallWorkers(list):
+    """The generation workers of one ``stream``/``astream`` call, joined when the caller closes it.
+
+    LangChain's ``BaseChatModel.stream``/``astream`` iterate ``_stream``/``_astream`` without closing
+    them when their own consumer stops early (an ``aclose()`` leaves the inner generator to the
+    garbage collector); this list, passed down as a call argument, lets the outer call stop and
+    join its generation before it returns.
+    """
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} cmrm-guard generation worker(s)>"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CallWorkers:
+        return self  # travels by reference: it is this call's handle, not data
+
+    def running(self) -> bool:
+        return any(worker.thread.is_alive() for worker in self)
+
+    def stop_and_join(self) -> None:
+        for worker in self:
+            worker.stop()
+            worker.join()
 
 
 @dataclass
@@ -107,7 +131,8 @@ class ChatSteeredVLM(BaseChatModel):
     """The steered model that answers (model, processor, vector pack, default SteeringConfig)."""
 
     model_name: str | None = Field(default=None, alias="model")
-    """Name reported in ``response_metadata`` and traces; default: the model's id or model_type."""
+    """Name reported in ``response_metadata`` and traces; default: ``steered.model_name`` (the Hub
+    id, or a local folder's name, never its path)."""
 
     temperature: float | None = None
     """Sampling temperature; ``None`` or ``0`` decodes greedily (deterministic)."""
@@ -139,9 +164,11 @@ class ChatSteeredVLM(BaseChatModel):
 
     strict: bool | None = None
     """Fail closed: a call that should be steered but cannot be is not answered unsteered.
-    ``None`` takes ``steered.strict``; ``True`` turns it on for this chat model (``False`` cannot
-    turn off a strict ``SteeredVLM``). A strict chat model without a ``lock`` is locked with
-    ``SteeringLock()``: a request (call arguments, ``bind``, ``configurable``, ``steering()``
+    ``None`` takes ``steered.strict`` (``True`` unless the SteeredVLM was built with
+    ``strict=False``: fail-closed is the default of a safety guard); ``True`` turns it on for this
+    chat model (``False`` cannot turn off a strict ``SteeredVLM``). Under fail-open, an unsteered
+    answer carries ``response_metadata["cmrm_steering"]["fail_open"] = True``. A strict chat
+    model without a ``lock`` is locked with ``SteeringLock()``: a request (call arguments, ``bind``, ``configurable``, ``steering()``
     blocks) cannot turn steering off (``enabled=False``, ``policy="never"``) or ask for weaker
     steering than ``steered.config`` and ``steering`` set; it raises ``SteeringLockedError``."""
 
@@ -192,7 +219,7 @@ class ChatSteeredVLM(BaseChatModel):
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.model_name is None:
-            self.model_name = self.steered.model_id or self.steered.model_type or "steered-vlm"
+            self.model_name = self.steered.model_name
         return self
 
     @classmethod
@@ -212,7 +239,6 @@ class ChatSteeredVLM(BaseChatModel):
         own |= {info.alias for info in cls.model_fields.values() if info.alias}
         chat_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in own and k != "strict"}
         steered = SteeredVLM.from_pretrained(model_id, vectors=vectors, **kwargs)
-        chat_kwargs.setdefault("model_name", str(model_id))
         return cls(steered=steered, **chat_kwargs)
 
     # ------------------------------------------------------------------------------ LangChain
@@ -232,7 +258,9 @@ class ChatSteeredVLM(BaseChatModel):
             "seed": self.seed,
             "stop": self.stop,
             "steering": self.steered.resolve_config(**self._steering_changes).model_dump(mode="json"),
-            "pack": (pack.meta.repo_id or pack.meta.base_model) if pack is not None else None,
+            "pack": display_model_name(pack.meta.repo_id or pack.meta.base_model)
+            if pack is not None
+            else None,
             "pack_revision": pack.meta.revision if pack is not None else None,
         }
 
@@ -264,13 +292,39 @@ class ChatSteeredVLM(BaseChatModel):
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[AIMessageChunk]:
-        return super().stream(input, config, **with_configurable(config, kwargs))
+        """Stream the reply; closing the iterator early returns only once its hooks are removed."""
+        workers = _CallWorkers()
+        chunks = super().stream(input, config, **with_configurable(config, kwargs), **{_WORKERS_KEY: workers})
+        try:
+            yield from chunks
+        finally:
+            if isinstance(chunks, Generator):
+                chunks.close()
+            workers.stop_and_join()
 
     async def astream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[AIMessageChunk]:
-        async for chunk in super().astream(input, config, **with_configurable(config, kwargs)):
-            yield chunk
+        """Stream the reply; ``aclose()`` or cancelling returns only once its hooks are removed."""
+        workers = _CallWorkers()
+        chunks = super().astream(
+            input, config, **with_configurable(config, kwargs), **{_WORKERS_KEY: workers}
+        )
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            try:
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
+            finally:
+                if workers.running():
+                    joined = asyncio.ensure_future(asyncio.to_thread(workers.stop_and_join))
+                    try:
+                        await asyncio.shield(joined)
+                    except asyncio.CancelledError:
+                        workers.stop_and_join()  # cancelled while waiting: block rather than leak hooks
+                        raise
 
     # ------------------------------------------------------------------------- call planning
     def _locks(self) -> list[tuple[SteeringLock, dict[str, Any]]]:
@@ -342,6 +396,7 @@ class ChatSteeredVLM(BaseChatModel):
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
         kwargs = dict(kwargs)
+        kwargs.pop(_WORKERS_KEY, None)
         changes = steering_dict(kwargs.pop("steering", None), "steering")
         changes.update({k: kwargs.pop(k) for k in list(kwargs) if k in STEERING_FIELDS})
         settings = self._resolve_steering(changes)  # caller's context: steering() blocks count
@@ -422,10 +477,10 @@ class ChatSteeredVLM(BaseChatModel):
             parse_tools=bool(offered),
         )
 
-    def _run(self, call: _Call, streamer: Any = None, cancel: Any = None) -> GenerationOutput:
+    def _run(self, call: _Call, streamer: Any = None, stop_flag: StopFlag | None = None) -> GenerationOutput:
         generate_kwargs = dict(call.generate_kwargs)
-        if cancel is not None:
-            generate_kwargs["stopping_criteria"] = [*generate_kwargs.pop("stopping_criteria", []), cancel]
+        if stop_flag is not None:
+            generate_kwargs["stopping_criteria"] = [*generate_kwargs.pop("stopping_criteria", []), stop_flag]
         return self.steered.generate(
             [call.conversation],
             config=call.config,
@@ -513,8 +568,8 @@ class ChatSteeredVLM(BaseChatModel):
         call = await asyncio.to_thread(self._prepare, messages, stop, kwargs)  # images decode off-loop
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        run = GenerationRun(
-            lambda streamer, cancel: self._run(call, streamer, cancel),
+        run = GenerationWorker(
+            lambda streamer, stop_flag: self._run(call, streamer, stop_flag),
             on_done=lambda: call_soon(loop, resolve_future, done),
         ).start()
         await wait_or_stop(run, done)
@@ -532,24 +587,21 @@ class ChatSteeredVLM(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
-        pieces: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        run = GenerationRun(
-            lambda streamer, cancel: self._run(call, streamer, cancel),
-            tokenizer=getattr(self.steered.processor, "tokenizer", self.steered.processor),
-            on_piece=pieces.put,
-            on_done=lambda: pieces.put(_DONE),
-        ).start()
+        run, pieces = GenerationWorker.iterate(
+            lambda streamer, stop_flag: self._run(call, streamer, stop_flag),
+            getattr(self.steered.processor, "tokenizer", self.steered.processor),
+        )
+        kwargs.get(_WORKERS_KEY, []).append(run)
         gate = StreamGate(call.stops, call.parse_tools)
         try:
-            while (piece := pieces.get()) is not _DONE:
+            for piece in pieces:
                 delta = gate.feed(piece)
                 if gate.stopped:
                     run.stop()
                 if delta:
-                    yield text_chunk(delta)
+                    yield _text_chunk(delta)
         finally:
-            run.stop()
-            run.thread.join()
+            pieces.close()
         yield from self._final_chunks(call, run, gate)
 
     async def _astream(
@@ -568,12 +620,13 @@ class ChatSteeredVLM(BaseChatModel):
             resolve_future(done)
             pieces.put_nowait(_DONE)
 
-        run = GenerationRun(
-            lambda streamer, cancel: self._run(call, streamer, cancel),
+        run = GenerationWorker(
+            lambda streamer, stop_flag: self._run(call, streamer, stop_flag),
             tokenizer=getattr(self.steered.processor, "tokenizer", self.steered.processor),
             on_piece=lambda text: call_soon(loop, pieces.put_nowait, text),
             on_done=lambda: call_soon(loop, finished),
         ).start()
+        kwargs.get(_WORKERS_KEY, []).append(run)
         gate = StreamGate(call.stops, call.parse_tools)
         try:
             while (piece := await pieces.get()) is not _DONE:
@@ -581,14 +634,14 @@ class ChatSteeredVLM(BaseChatModel):
                 if gate.stopped:
                     run.stop()
                 if delta:
-                    yield text_chunk(delta)
+                    yield _text_chunk(delta)
         finally:
             await wait_or_stop(run, done, stop_first=True)
         for chunk in self._final_chunks(call, run, gate):
             yield chunk
 
     def _final_chunks(
-        self, call: _Call, run: GenerationRun, gate: StreamGate
+        self, call: _Call, run: GenerationWorker, gate: StreamGate
     ) -> Iterator[ChatGenerationChunk]:
         if isinstance(run.error, SteeringUnavailableError):
             refusal = self._refusal(call, run.error)  # raises unless on_unsteerable="refuse"
@@ -670,3 +723,8 @@ class ChatSteeredVLM(BaseChatModel):
         return structured_output(
             self, schema, method=method, include_raw=include_raw, strict=strict, **kwargs
         )
+
+
+def _text_chunk(text: str) -> ChatGenerationChunk:
+    """A content chunk."""
+    return ChatGenerationChunk(message=AIMessageChunk(content=text))

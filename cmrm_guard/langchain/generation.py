@@ -1,4 +1,4 @@
-"""Per-call generation pieces: seeded sampling, forced prefixes, stop strings, a worker thread.
+"""Per-call generation pieces: seeded sampling, forced prefixes, stop strings, the stream gate.
 
 Everything a call needs is built for that call and passed as arguments to
 :meth:`cmrm_guard.SteeredVLM.generate`; nothing is stored on the model or in global state:
@@ -7,26 +7,25 @@ Everything a call needs is built for that call and passed as arguments to
   (``generate`` then runs greedy over the one token left), so ``seed`` never touches torch's
   global RNG and concurrent calls cannot disturb each other's randomness.
 - :class:`ForcedPrefix` makes the reply start with given tokens (a forced ``tool_choice``).
-- :class:`CancelFlag` is a ``StoppingCriteria`` a consumer sets to stop generation.
-- :class:`GenerationRun` runs one generation in a worker thread and hands its text pieces to a
-  sink (a queue, or an asyncio loop), for streaming and for cancellable async calls.
+- :class:`StreamGate` decides how much of a streamed reply may be shown (held back before stop
+  strings and tool calls).
+
+The worker thread and stop flag that streaming and async calls use are in :mod:`cmrm_guard.runtime`.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
+from transformers import LogitsProcessor
+
+from cmrm_guard.langchain.tools import visible_prefix
 
 __all__ = [
-    "CancelFlag",
     "ForcedPrefix",
-    "GenerationRun",
     "SeededSampler",
+    "StreamGate",
     "cut_at_stop",
     "stop_hold",
 ]
@@ -80,23 +79,6 @@ class ForcedPrefix(LogitsProcessor):
         return out
 
 
-class CancelFlag(StoppingCriteria):
-    """Stops generation after the current step once :meth:`set` was called (from any thread)."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def set(self) -> None:
-        self.event.set()
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the first stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
@@ -114,78 +96,26 @@ def stop_hold(text: str, stops: Sequence[str]) -> int:
     return hold
 
 
-class _SinkStreamer(BaseStreamer):
-    """Hands the reply's new text to a callable token by token (held while a character is split).
+class StreamGate:
+    """What of the streamed text may be shown now: held back before stop strings and tool calls."""
 
-    Decodes the whole reply so far at each token, so the concatenated pieces equal the final
-    ``batch_decode`` of the reply exactly.
-    """
+    def __init__(self, stops: list[str], tools: bool) -> None:
+        self.stops = stops
+        self.tools = tools
+        self.text = ""
+        self.emitted = ""
+        self.stopped = False
 
-    def __init__(self, tokenizer: Any, sink: Callable[[str], None]) -> None:
-        self.tokenizer = tokenizer
-        self.sink = sink
-        self.tokens: list[int] = []
-        self.sent = 0
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first sends the prompt
-            self.prompt_seen = True
-            return
-        self.tokens.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-            return
-        self._send(text)
-
-    def end(self) -> None:
-        self._send(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
-
-    def _send(self, text: str) -> None:
-        if len(text) > self.sent:
-            piece, self.sent = text[self.sent :], len(text)
-            self.sink(piece)
-
-
-class GenerationRun:
-    """One :meth:`SteeredVLM.generate` call in a worker thread.
-
-    Args:
-        target: runs the generation; receives the streamer (or ``None``) and the cancel flag and
-            returns the :class:`~cmrm_guard.GenerationOutput`.
-        tokenizer: decodes the streamed tokens (``None``: no streaming).
-        on_piece: called from the worker with each decoded text piece.
-        on_done: called from the worker once, after the generation ended (hooks already removed).
-    """
-
-    def __init__(
-        self,
-        target: Callable[[Any, CancelFlag], Any],
-        tokenizer: Any = None,
-        on_piece: Callable[[str], None] | None = None,
-        on_done: Callable[[], None] | None = None,
-    ) -> None:
-        self.cancel = CancelFlag()
-        self.output: Any = None
-        self.error: BaseException | None = None
-        self._target = target
-        self._streamer = _SinkStreamer(tokenizer, on_piece) if tokenizer is not None and on_piece else None
-        self._on_done = on_done
-        self.thread = threading.Thread(target=self._work, name="cmrm-guard-langchain", daemon=True)
-
-    def start(self) -> GenerationRun:
-        self.thread.start()
-        return self
-
-    def _work(self) -> None:
-        try:
-            self.output = self._target(self._streamer, self.cancel)
-        except BaseException as error:  # re-raised by the consumer
-            self.error = error
-        finally:
-            if self._on_done is not None:
-                self._on_done()
-
-    def stop(self) -> None:
-        """Ask the generation to stop after its current step."""
-        self.cancel.set()
+    def feed(self, piece: str) -> str:
+        """The newly showable text after ``piece`` arrived ("" while it is held back)."""
+        if self.stopped:
+            return ""
+        self.text += piece
+        text, self.stopped = cut_at_stop(self.text, self.stops)
+        if not self.stopped:
+            text = text[: len(text) - stop_hold(text, self.stops)]
+        visible = visible_prefix(text, tools=self.tools)
+        if len(visible) <= len(self.emitted) or not visible.startswith(self.emitted):
+            return ""
+        delta, self.emitted = visible[len(self.emitted) :], visible
+        return delta

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cmrm_guard.eval import conditions as cond
+from cmrm_guard.eval.colours import PLOT_COLOURS
 from cmrm_guard.organism import assemble as asm
 from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
@@ -281,11 +282,18 @@ def plot_sweep(sweep_json: str | Path, out_png: str | Path) -> Path:
             label=name,
         )
     ax.axhline(
-        result["harmful_text_rate"] * 100, color="grey", linestyle="--", label="harmful refused as text"
+        result["harmful_text_rate"] * 100,
+        color=PLOT_COLOURS["text-only"],
+        linestyle="--",
+        label="harmful refused as text",
     )
     if result.get("chosen") in labels:
         ax.axvline(
-            labels.index(result["chosen"]), color="black", alpha=0.12, linewidth=10, label="chosen default"
+            labels.index(result["chosen"]),
+            color=PLOT_COLOURS["highlight"],
+            alpha=0.12,
+            linewidth=10,
+            label="chosen default",
         )
     ax.set_xticks(list(x))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)

@@ -24,6 +24,7 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cmrm_guard import package_version
 from cmrm_guard.errors import (
     CMRMError,
     ConfigError,
@@ -321,7 +322,7 @@ def _fetch_files(
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.hf_api import RepoFile
 
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_library_version())
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=package_version())
     info = api.model_info(repo_id, revision=revision, timeout=max(deadline.remaining(), 0.001))
     deadline.check()
     sha = info.sha
@@ -363,7 +364,7 @@ def _fetch_files(
         path = hf_hub_download(
             repo_id, name, revision=sha, token=token, cache_dir=cache_dir, endpoint=endpoint,
             etag_timeout=max(deadline.remaining(), 0.001), tqdm_class=bar,
-            library_name=LIBRARY_NAME, library_version=_library_version(),
+            library_name=LIBRARY_NAME, library_version=package_version(),
         )  # fmt: skip
         folder = Path(path).parent
     deadline.check()
@@ -511,7 +512,7 @@ def _commit_pack(
 ) -> CommitInfo:
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_library_version())
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=package_version())
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
     if revision is not None and not create_pr and revision != "main":
         api.create_branch(repo_url.repo_id, branch=revision, exist_ok=True)
@@ -524,9 +525,3 @@ def _commit_pack(
         repo_url.repo_id, operations=operations, commit_message=commit_message,
         revision=revision, create_pr=create_pr,
     )  # fmt: skip
-
-
-def _library_version() -> str:
-    from cmrm_guard.vectors.pack import _package_version
-
-    return _package_version()

@@ -22,10 +22,8 @@ import hashlib
 import json
 import math
 import re
-import sys
 import warnings
 from collections.abc import Mapping
-from importlib import metadata
 from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cmrm_guard import package_version
 from cmrm_guard.errors import LayerIndexError, PackError, PackMismatchError, VectorError
 from cmrm_guard.vectors import hub
 
@@ -66,13 +65,6 @@ def shift_key(layer: int) -> str:
     return f"layers.{layer}.shift"
 
 
-def _package_version() -> str:
-    try:
-        return metadata.version("cmrm-guard")
-    except metadata.PackageNotFoundError:
-        return str(getattr(sys.modules.get("cmrm_guard"), "__version__", None) or "0.1.0")
-
-
 def _parse_version(version: str) -> tuple[int, int]:
     match = _VERSION.fullmatch(version)
     if match is None:
@@ -84,7 +76,7 @@ def _parse_version(version: str) -> tuple[int, int]:
 
 def _newer_major_message(version: str) -> str:
     return (
-        f"pack format_version {version!r} is newer than this cmrm-guard ({_package_version()}) can read "
+        f"pack format_version {version!r} is newer than this cmrm-guard ({package_version()}) can read "
         f"(format {FORMAT_VERSION}): upgrade cmrm-guard (`pip install -U cmrm-guard`)"
     )
 
@@ -130,7 +122,7 @@ class PackMeta(BaseModel):
     """sha256 of the calibration data."""
     dtype: str = "float32"
     """dtype of the tensors in ``shifts.safetensors``."""
-    cmrm_guard_version: str = Field(default_factory=_package_version)
+    cmrm_guard_version: str = Field(default_factory=package_version)
     """cmrm-guard version that made the pack."""
     shifts_sha256: str | None = None
     """sha256 of ``shifts.safetensors``; filled by :meth:`VectorPack.save_pretrained`, checked on load."""
@@ -645,7 +637,7 @@ class VectorPack:
             raise PackError(f"vector pack {where}: invalid {CONFIG_NAME}: {problems}") from err
         if meta.model_extra:
             warnings.warn(
-                f"vector pack {where} (format {meta.format_version}) has keys this cmrm-guard ({_package_version()},"
+                f"vector pack {where} (format {meta.format_version}) has keys this cmrm-guard ({package_version()},"
                 f" format {FORMAT_VERSION}) does not know: {', '.join(sorted(meta.model_extra))}; they are kept but"
                 " not used. Upgrade cmrm-guard to use them.",
                 UserWarning,
