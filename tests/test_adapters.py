@@ -194,19 +194,19 @@ def test_sample_mode_steers_every_architecture(any_model_type):
     "model_type, token", [("llava", "<image>"), ("llava_next", "<image>"), ("qwen2_vl", "<|image_pad|>")]
 )
 def test_placeholder_tokens_typed_as_text_are_refused_by_name(model_type, token):
-    from cmrm_guard.adapters.conversation import placeholder_tokens
+    from cmrm_guard.adapters import conversation
     from cmrm_guard.errors import PlaceholderTextError
 
     model, processor = tiny(model_type)
-    assert token in placeholder_tokens(processor)
     steered = SteeredVLM(model, processor, vectors=random_vectors(2, 64, 3.0))
-    for conversation in (
+    for chat in (
         [{"role": "user", "content": f"what does {token} mean in a chat template?"}],
         image_chat(f"and {token} here?"),
     ):
         with pytest.raises(PlaceholderTextError, match="image placeholder"):
-            steered.chat(conversation, max_new_tokens=2)
+            steered.chat(chat, max_new_tokens=2)
     assert count_hooks(model) == 0
+    assert token in conversation.placeholder_tokens(processor)
     assert isinstance(
         steered.chat([{"role": "user", "content": "what does <b>image</b> mean?"}], max_new_tokens=2), str
     )

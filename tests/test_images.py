@@ -12,11 +12,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage, SystemMessage
 from PIL import EpsImagePlugin, Image, ImageFile
 
 from cmrm_guard.adapters import conversation as conv
 from cmrm_guard.errors import (
+    CMRMError,
     ConfigError,
     ConversationError,
     ImageFormatError,
@@ -353,3 +356,51 @@ def test_a_1000_level_tool_call_is_an_invalid_call_not_a_recursion_error():
     assert parsed.invalid_tool_calls[0]["name"] == "add"
     bare = '{"name": "add", "arguments": ' + "[" * 3000 + "]" * 3000 + "}"
     assert parse_reply(bare, ["add"]).tool_calls == []
+
+
+# ------------------------------------------------------------------------------ property-based
+_MUTATED_HEADERS = [PNG[:n] for n in (8, 16, 33, 60)] + [
+    b"GIF89a",
+    b"BM",
+    b"RIFF\x00\x00\x00\x00WEBP",
+    EPS[:20],
+]
+
+
+IMAGE_CASES = {
+    "prefix": st.sampled_from(_MUTATED_HEADERS),
+    "tail": st.binary(max_size=200),
+    "mime": st.sampled_from(
+        [None, "image/png", "image/jpeg", "image/gif", "text/plain", "image/svg+xml", ""]
+    ),
+    "as_url": st.booleans(),
+}
+REPLY_CASES = {
+    "text": st.text(alphabet=st.sampled_from('{}[]"\\:,1a <>/tool_cal'), max_size=300),
+    "wrap": st.booleans(),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**IMAGE_CASES)
+def test_any_image_bytes_give_an_image_or_a_named_error(prefix, tail, mime, as_url):
+    data = _b64(prefix + tail)
+    if as_url:
+        block: dict[str, Any] = {"type": "image", "url": f"data:{mime or 'image/png'};base64,{data}"}
+    else:
+        block = {"type": "image", "base64": data, **({"mime_type": mime} if mime is not None else {})}
+    try:
+        image = load_image_block(block, ImageLimits(max_pixels=4096))
+    except CMRMError:
+        return
+    assert image.mode == "RGB" and image.width * image.height <= 4096
+
+
+@settings(max_examples=300, deadline=None)
+@given(**REPLY_CASES)
+def test_any_reply_text_parses_without_raising(text, wrap):
+    from cmrm_guard.langchain.tools import parse_reply
+
+    reply = f"<tool_call>{text}</tool_call>" if wrap else text
+    parsed = parse_reply(reply, ["add"])
+    assert all(isinstance(call["args"], dict) for call in parsed.tool_calls)

@@ -23,7 +23,7 @@ merged (several chat templates refuse two user turns in a row).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -57,7 +57,8 @@ def content_items(
     """
     budget = budget if budget is not None else ImageBudget(limits)
     items: list[dict[str, Any]] = []
-    for block in message.content_blocks:
+    for standard_block in message.content_blocks:
+        block: Mapping[str, Any] = standard_block  # a union of TypedDicts, read as a mapping
         kind = block.get("type")
         if kind == "text":
             if block.get("text"):
