@@ -233,3 +233,31 @@ def test_an_unterminated_tool_call_stays_invalid_when_streamed(monkeypatch):
     chunks = list(llm.stream([HumanMessage("add")]))
     streamed = sum(chunks[1:], chunks[0])
     assert streamed.tool_calls == [] and len(streamed.invalid_tool_calls) == 1
+
+
+def test_chat_model_image_settings_reach_the_loader():
+    from cmrm_guard import SteeredVLM
+    from cmrm_guard.errors import ImageInputError
+    from cmrm_guard.langchain import ChatSteeredVLM
+    from tests.conftest import random_vectors, tiny
+
+    model, processor = tiny("llava")
+    steered = SteeredVLM(model, processor, vectors=random_vectors(2, 64, 3.0))
+    with pytest.raises(ValueError, match="ImageLimits.max_images must be an integer >= 1, got 0"):
+        ChatSteeredVLM(steered=steered, max_images=0)
+    with pytest.raises(ValueError, match="ImageLimits.formats"):  # a ConfigError inside pydantic's error
+        ChatSteeredVLM(steered=steered, image_formats=["NOPE"])
+    llm = ChatSteeredVLM(
+        steered=steered, max_tokens=2, max_images=1, allowed_image_hosts=["Images.Example.com"]
+    )
+    limits = llm._image_limits()
+    assert limits.allowed_hosts == ("images.example.com",) and limits.max_images == 1
+    image = IMAGE_FORMS["standard base64"]
+    with pytest.raises(ImageTooLargeError, match="limit of 1 images per request"):
+        llm.invoke([HumanMessage(content=[image, {"type": "text", "text": "a"}, image])])
+    with pytest.raises(ImageInputError, match="SystemMessage holds an image"):
+        llm.invoke([SystemMessage(content=[image]), HumanMessage("what is in the picture?")])
+    assert (
+        llm.invoke([HumanMessage(content=[image, {"type": "text", "text": "what is this?"}])]).content
+        is not None
+    )
