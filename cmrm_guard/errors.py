@@ -88,6 +88,18 @@ class CorruptImageError(ImageInputError):
     """Image data could not be decoded (bad base64, truncated or not an image)."""
 
 
+class ImageFormatError(CorruptImageError):
+    """An image is not in an allowed format, or its declared type does not match its content."""
+
+
+class ImageTimeoutError(ImageInputError, TimeoutError):
+    """Fetching or reading an image took longer than its total deadline."""
+
+
+class PlaceholderTextError(ConversationError):
+    """Message text holds a model's image placeholder token (``<image>``, ``<|image_pad|>``, ...)."""
+
+
 class NotSteerableModelError(CMRMError, TypeError):
     """An agent's model cannot be CMRM-steered (it is not a ``ChatSteeredVLM``)."""
 

@@ -188,3 +188,25 @@ def test_sample_mode_steers_every_architecture(any_model_type):
     steered = svlm.forward([image_chat()]).logits
     assert not torch.allclose(base, steered)
     assert count_hooks(model) == 0
+
+
+@pytest.mark.parametrize(
+    "model_type, token", [("llava", "<image>"), ("llava_next", "<image>"), ("qwen2_vl", "<|image_pad|>")]
+)
+def test_placeholder_tokens_typed_as_text_are_refused_by_name(model_type, token):
+    from cmrm_guard.adapters import conversation
+    from cmrm_guard.errors import PlaceholderTextError
+
+    model, processor = tiny(model_type)
+    steered = SteeredVLM(model, processor, vectors=random_vectors(2, 64, 3.0))
+    for chat in (
+        [{"role": "user", "content": f"what does {token} mean in a chat template?"}],
+        image_chat(f"and {token} here?"),
+    ):
+        with pytest.raises(PlaceholderTextError, match="image placeholder"):
+            steered.chat(chat, max_new_tokens=2)
+    assert count_hooks(model) == 0
+    assert token in conversation.placeholder_tokens(processor)
+    assert isinstance(
+        steered.chat([{"role": "user", "content": "what does <b>image</b> mean?"}], max_new_tokens=2), str
+    )

@@ -20,7 +20,7 @@ from cmrm_guard.errors import (
     LocalImageRefusedError,
     RemoteImageRefusedError,
 )
-from cmrm_guard.langchain.images import ImageLimits, load_image_block
+from cmrm_guard.images import ImageLimits, load_image_block
 from cmrm_guard.langchain.messages import add_system_text, to_conversation
 from cmrm_guard.langchain.tools import parse_reply, visible_prefix
 from cmrm_guard.testing import tiny_image
@@ -187,3 +187,77 @@ def test_visible_prefix_never_shows_tool_markup():
     assert visible_prefix('  {"name"', tools=True) == ""
     assert visible_prefix("Hi there  ", tools=True) == "Hi there"
     assert visible_prefix("Hi <tool", tools=False) == "Hi <tool"
+
+
+def _deep_reply_llm(monkeypatch, reply: str):
+    """A tool-bound chat model on the tiny LLaVA whose generated text is ``reply`` (one real step)."""
+    import dataclasses
+
+    from cmrm_guard import SteeredVLM
+    from cmrm_guard.langchain import ChatSteeredVLM
+    from tests.conftest import random_vectors, tiny
+
+    real_run = ChatSteeredVLM._run
+
+    def run(self, call, streamer=None, cancel=None):
+        call.generate_kwargs["max_new_tokens"] = 1
+        output = real_run(self, call, streamer, cancel)
+        return dataclasses.replace(output, texts=[reply])
+
+    monkeypatch.setattr(ChatSteeredVLM, "_run", run)
+    model, processor = tiny("llava")
+    steered = SteeredVLM(model, processor, vectors=random_vectors(2, 64, 3.0))
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    return ChatSteeredVLM(steered=steered, max_tokens=4).bind_tools([add])
+
+
+@pytest.mark.parametrize("depth", [100, 1000])
+def test_deeply_nested_tool_calls_are_invalid_in_invoke_and_stream(monkeypatch, depth):
+    body = '{"name": "add", "arguments": ' + '{"a": ' * depth + "1" + "}" * depth + "}"
+    llm = _deep_reply_llm(monkeypatch, f"<tool_call>{body}</tool_call>")
+    message = llm.invoke([HumanMessage("add")])
+    assert message.tool_calls == [] and len(message.invalid_tool_calls) == 1
+    assert f"nested {depth + 1} levels deep" in message.invalid_tool_calls[0]["error"]
+    chunks = list(llm.stream([HumanMessage("add")]))
+    streamed = sum(chunks[1:], chunks[0])
+    assert streamed.tool_calls == [] and len(streamed.invalid_tool_calls) == 1
+
+
+def test_an_unterminated_tool_call_stays_invalid_when_streamed(monkeypatch):
+    llm = _deep_reply_llm(monkeypatch, 'Sure.<tool_call>{"name": "add", "arguments": {"a": ')
+    assert llm.invoke([HumanMessage("add")]).tool_calls == []
+    chunks = list(llm.stream([HumanMessage("add")]))
+    streamed = sum(chunks[1:], chunks[0])
+    assert streamed.tool_calls == [] and len(streamed.invalid_tool_calls) == 1
+
+
+def test_chat_model_image_settings_reach_the_loader():
+    from cmrm_guard import SteeredVLM
+    from cmrm_guard.errors import ImageInputError
+    from cmrm_guard.langchain import ChatSteeredVLM
+    from tests.conftest import random_vectors, tiny
+
+    model, processor = tiny("llava")
+    steered = SteeredVLM(model, processor, vectors=random_vectors(2, 64, 3.0))
+    with pytest.raises(ValueError, match="ImageLimits.max_images must be an integer >= 1, got 0"):
+        ChatSteeredVLM(steered=steered, max_images=0)
+    with pytest.raises(ValueError, match="ImageLimits.formats"):  # a ConfigError inside pydantic's error
+        ChatSteeredVLM(steered=steered, image_formats=["NOPE"])
+    llm = ChatSteeredVLM(
+        steered=steered, max_tokens=2, max_images=1, allowed_image_hosts=["Images.Example.com"]
+    )
+    limits = llm._image_limits()
+    assert limits.allowed_hosts == ("images.example.com",) and limits.max_images == 1
+    image = IMAGE_FORMS["standard base64"]
+    with pytest.raises(ImageTooLargeError, match="limit of 1 images per request"):
+        llm.invoke([HumanMessage(content=[image, {"type": "text", "text": "a"}, image])])
+    with pytest.raises(ImageInputError, match="SystemMessage holds an image"):
+        llm.invoke([SystemMessage(content=[image]), HumanMessage("what is in the picture?")])
+    assert (
+        llm.invoke([HumanMessage(content=[image, {"type": "text", "text": "what is this?"}])]).content
+        is not None
+    )

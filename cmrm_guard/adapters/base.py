@@ -203,7 +203,8 @@ class VLMAdapter:
         """
         if not conversations:
             raise ConversationError("no conversation to encode: got an empty batch")
-        resolved = [conv.resolve_images(conv.check_conversation(c)) for c in conversations]
+        placeholders = conv.placeholder_tokens(processor)
+        resolved = [conv.resolve_images(conv.check_conversation(c, placeholders)) for c in conversations]
         kwargs: dict[str, Any] = dict(chat_template_kwargs or {})
         if getattr(processor, "chat_template", None) is None and self.fallback_chat_template:
             kwargs["chat_template"] = self.fallback_chat_template

@@ -5,52 +5,71 @@ messages whose ``content`` is a string or a list of items ``{"type": "text", "te
 ``{"type": "image", "image": PIL.Image | path}``. The *text-only twin* drops every image item (the
 chat template then emits no image placeholder tokens); the *corrupted twin* swaps every image for an
 uninformative one of the same size (CMRM holds the modality, removes the content).
+
+Images are loaded by :mod:`cmrm_guard.images` (the one image loader) under an
+:class:`~cmrm_guard.images.ImageLimits`; the core's default, :data:`CORE_IMAGE_LIMITS`, reads local
+files (the caller of the core API is trusted with paths) and refuses remote URLs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from cmrm_guard.errors import ConversationError
+from cmrm_guard import images as image_loader
+from cmrm_guard.errors import ConversationError, ImageInputError, PlaceholderTextError
+from cmrm_guard.images import ImageBudget, ImageLimits
 
 Message = dict[str, Any]
 Conversation = list[Message]
 
 IMAGE_TYPES = ("image", "image_url", "input_image")
 
+CORE_IMAGE_LIMITS = ImageLimits(allow_local_files=True)
+"""Image limits of the core API: local paths are read, remote URLs refused, default size limits."""
+
+_PLACEHOLDER_WORDS = ("image", "img", "vision", "video", "boi", "eoi")
+
 
 def _is_image_item(item: Any) -> bool:
     return isinstance(item, Mapping) and item.get("type") in IMAGE_TYPES
 
 
-def check_conversation(conversation: Any) -> Conversation:
+def check_conversation(conversation: Any, placeholders: Sequence[str] = ()) -> Conversation:
     """Validate the shape of one conversation and return it as a list of messages.
+
+    Messages are named by index and field; their text is never quoted (it may be private).
+
+    Args:
+        conversation: a list of ``{"role": ..., "content": ...}`` messages.
+        placeholders: the model's image placeholder tokens (:func:`placeholder_tokens`); text that
+            holds one is refused, so a user cannot inject image placeholders.
 
     Raises:
         ConversationError: naming the message and field that is malformed.
+        ImageInputError: an image in a system message (chat templates do not show it).
+        PlaceholderTextError: text holding one of ``placeholders``.
     """
     if isinstance(conversation, Mapping | str | bytes):
         raise ConversationError(
             f"a conversation must be a list of messages like "
-            f'[{{"role": "user", "content": "..."}}], got {type(conversation).__name__}: '
-            f"{str(conversation)[:80]!r}"
+            f'[{{"role": "user", "content": "..."}}], got {type(conversation).__name__}'
         )
     messages = list(conversation)
     if not messages:
         raise ConversationError("a conversation must hold at least one message, got []")
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise ConversationError(
-                f"message {i} must be a dict with 'role' and 'content', got {message!r:.80}"
-            )
+            found = sorted(map(str, message)) if isinstance(message, Mapping) else type(message).__name__
+            raise ConversationError(f"message {i} must be a dict with 'role' and 'content', got {found}")
         content = message["content"]
         if isinstance(content, str):
+            _check_placeholders(content, placeholders, i, None)
             continue
         if not isinstance(content, Sequence):
             raise ConversationError(
@@ -58,16 +77,69 @@ def check_conversation(conversation: Any) -> Conversation:
             )
         for j, item in enumerate(content):
             if not isinstance(item, Mapping) or "type" not in item:
-                raise ConversationError(
-                    f"message {i} item {j} must be a dict with a 'type', got {item!r:.80}"
-                )
-            if item["type"] == "text" and not isinstance(item.get("text"), str):
-                raise ConversationError(f"message {i} item {j}: a text item needs a string 'text'")
-            if _is_image_item(item) and image_of(item) is None:
-                raise ConversationError(
-                    f"message {i} item {j}: an image item needs 'image' (a PIL image or a local path)"
-                )
+                found = sorted(map(str, item)) if isinstance(item, Mapping) else type(item).__name__
+                raise ConversationError(f"message {i} item {j} must be a dict with a 'type', got {found}")
+            if item["type"] == "text":
+                if not isinstance(item.get("text"), str):
+                    raise ConversationError(f"message {i} item {j}: a text item needs a string 'text'")
+                _check_placeholders(item["text"], placeholders, i, j)
+            if _is_image_item(item):
+                if image_of(item) is None:
+                    raise ConversationError(
+                        f"message {i} item {j}: an image item needs 'image' (a PIL image or a local path)"
+                    )
+                if message["role"] == "system":
+                    raise ImageInputError(
+                        f"message {i} (role 'system') item {j} is an image: chat templates do not show "
+                        "images in system messages; send it in a user message"
+                    )
     return messages
+
+
+def _check_placeholders(text: str, placeholders: Sequence[str], i: int, j: int | None) -> None:
+    for token in placeholders:
+        if token and token in text:
+            where = f"message {i}" + (f" item {j}" if j is not None else "")
+            raise PlaceholderTextError(
+                f"{where}: text holds the model's image placeholder {token!r}; images are sent as "
+                "image items, and placeholder tokens typed as text are refused"
+            )
+
+
+def placeholder_tokens(processor: Any) -> tuple[str, ...]:
+    """The image / video placeholder tokens of a processor (``<image>``, ``<|image_pad|>``, ...).
+
+    Taken from the processor's ``*_token`` attributes and the tokenizer's special tokens whose
+    text names an image, video or vision span.
+    """
+    found: set[str] = set()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    for owner in (processor, tokenizer):
+        for name in dir(type(owner)) + list(getattr(owner, "__dict__", {})):
+            if not name.endswith("_token") or name.startswith("_"):
+                continue
+            if not any(word in name for word in _PLACEHOLDER_WORDS):
+                continue
+            try:
+                value = getattr(owner, name, None)
+            except Exception:  # a property that fails is no token
+                continue
+            if isinstance(value, str) and value:
+                found.add(value)
+    specials: list[Any] = []
+    for attr in ("additional_special_tokens", "all_special_tokens"):
+        try:
+            specials.extend(getattr(tokenizer, attr, None) or [])
+        except Exception:  # some tokenizers raise for unset special tokens
+            continue
+    with contextlib.suppress(Exception):  # a tokenizer without an added vocabulary
+        specials.extend((getattr(tokenizer, "get_added_vocab", lambda: {})() or {}).keys())
+    for token in specials:
+        text = str(token)
+        markup = any(mark in text for mark in "<[|")
+        if markup and len(text) > 2 and any(word in text.lower() for word in _PLACEHOLDER_WORDS):
+            found.add(text)
+    return tuple(sorted(found))
 
 
 def image_of(item: Mapping[str, Any]) -> Any:
@@ -102,31 +174,38 @@ def has_image(conversation: Conversation) -> bool:
     return count_images(conversation) > 0
 
 
-def load_image(image: Any) -> Image.Image:
-    """Open an image given as a PIL image or a local file path, as RGB.
+def load_image(
+    image: Any, limits: ImageLimits | None = None, budget: ImageBudget | None = None
+) -> Image.Image:
+    """Open an image given as a PIL image, a local path or a URL, as RGB (:mod:`cmrm_guard.images`).
+
+    Args:
+        image: a PIL image (used as given, the caller decoded it), a path, or a ``file://`` /
+            ``data:`` URL (``http(s)`` only if ``limits.allow_remote``).
+        limits: default :data:`CORE_IMAGE_LIMITS`.
+        budget: the request's image budget (images and pixels per request), if any.
 
     Raises:
-        ConversationError: for remote URLs (fetching is the caller's decision) or unreadable files.
+        ImageInputError (and subclasses): a refused source, a limit, an unreadable image.
     """
-    if isinstance(image, Image.Image):
+    if isinstance(image, Image.Image):  # decoded by the caller already: used as given
         return image.convert("RGB") if image.mode != "RGB" else image
-    if isinstance(image, str | Path):
-        text = str(image)
-        if text.startswith(("http://", "https://")):
-            raise ConversationError(
-                f"remote image URL {text!r} is not fetched by cmrm-guard's core: download it and pass "
-                "a PIL image"
-            )
-        try:
-            with Image.open(text) as opened:
-                return opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise ConversationError(f"cannot read image {text!r}: {error}") from None
-    raise ConversationError(f"an image must be a PIL image or a local path, got {type(image).__name__}")
+    limits = limits or CORE_IMAGE_LIMITS
+    if isinstance(image, str) and image.startswith(("http://", "https://")) and not limits.allow_remote:
+        raise ConversationError(
+            f"remote image URL {image_loader.display_url(image)!r} is not fetched by cmrm-guard's core: "
+            "download it and pass a PIL image"
+        )
+    return image_loader.load_image(image, limits, budget)
 
 
-def resolve_images(conversation: Conversation) -> Conversation:
-    """Copy of the conversation whose image items hold loaded PIL images under ``"image"``."""
+def resolve_images(conversation: Conversation, limits: ImageLimits | None = None) -> Conversation:
+    """Copy of the conversation whose image items hold loaded PIL images under ``"image"``.
+
+    The images of the conversation share one :class:`~cmrm_guard.images.ImageBudget`.
+    """
+    limits = limits or CORE_IMAGE_LIMITS
+    budget = ImageBudget(limits)
     resolved: Conversation = []
     for message in conversation:
         content = message["content"]
@@ -136,7 +215,7 @@ def resolve_images(conversation: Conversation) -> Conversation:
         items = []
         for item in content:
             if _is_image_item(item):
-                items.append({"type": "image", "image": load_image(image_of(item))})
+                items.append({"type": "image", "image": load_image(image_of(item), limits, budget)})
             else:
                 items.append(dict(item))
         resolved.append({**message, "content": items})

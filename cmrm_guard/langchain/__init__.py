@@ -20,14 +20,14 @@ _EXPORTS = {
     "ChatSteeredVLM": "cmrm_guard.langchain.chat_models",
     "CMRMGuardMiddleware": "cmrm_guard.langchain.middleware",
     "CONFIGURABLE_KEY": "cmrm_guard.langchain.overrides",
-    "ImageLimits": "cmrm_guard.langchain.images",
+    "ImageLimits": "cmrm_guard.images",
 }
 
 __all__ = ["CONFIGURABLE_KEY", "CMRMGuardMiddleware", "ChatSteeredVLM", "ImageLimits"]
 
 if TYPE_CHECKING:
+    from cmrm_guard.images import ImageLimits
     from cmrm_guard.langchain.chat_models import ChatSteeredVLM
-    from cmrm_guard.langchain.images import ImageLimits
     from cmrm_guard.langchain.middleware import CMRMGuardMiddleware
     from cmrm_guard.langchain.overrides import CONFIGURABLE_KEY
 

@@ -38,8 +38,8 @@ from transformers import LogitsProcessorList
 from cmrm_guard.adapters.conversation import Conversation
 from cmrm_guard.config import SteeringConfig, SteeringLock
 from cmrm_guard.errors import ConfigError, SteeringUnavailableError
+from cmrm_guard.images import DEFAULT_FORMATS, ImageLimits
 from cmrm_guard.langchain.generation import ForcedPrefix, SeededSampler, StreamGate, cut_at_stop
-from cmrm_guard.langchain.images import ImageLimits
 from cmrm_guard.langchain.messages import add_system_text, to_conversation
 from cmrm_guard.langchain.overrides import CONFIGURABLE_KEY, STEERING_FIELDS, steering_dict, with_configurable
 from cmrm_guard.langchain.structured import structured_output
@@ -197,6 +197,25 @@ class ChatSteeredVLM(BaseChatModel):
     max_image_pixels: int = 7680 * 4320
     """Largest ``width * height`` accepted, checked before decoding (``ImageTooLargeError`` above)."""
 
+    max_image_aspect_ratio: float = 20.0
+    """Largest ``long side / short side`` of an image (``ImageTooLargeError`` above)."""
+
+    max_images: int = 16
+    """Most images in one call, over all messages (``ImageTooLargeError`` above)."""
+
+    max_total_image_pixels: int = 2 * 7680 * 4320
+    """Most pixels of all images of one call together, checked before decoding each image."""
+
+    image_timeout_s: float = 10.0
+    """Total time limit of one remote image fetch or local image read (``ImageTimeoutError``)."""
+
+    allowed_image_hosts: list[str] | None = None
+    """Hosts remote images may come from (with ``allow_remote_images``); ``None``: any host, but
+    a redirect to another host is refused. Every redirect hop is checked."""
+
+    image_formats: list[str] = Field(default_factory=lambda: list(DEFAULT_FORMATS))
+    """Image formats decoded (Pillow names); others raise ``ImageFormatError``."""
+
     generation_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for ``model.generate`` (``repetition_penalty``, ``logits_processor``...)."""
 
@@ -220,6 +239,7 @@ class ChatSteeredVLM(BaseChatModel):
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.model_name is None:
             self.model_name = self.steered.model_name
+        self._image_limits()  # validates the image limits now (ConfigError)
         return self
 
     @classmethod
@@ -362,8 +382,14 @@ class ChatSteeredVLM(BaseChatModel):
         return ImageLimits(
             allow_remote=self.allow_remote_images,
             allow_local_files=self.allow_local_images,
+            allowed_hosts=None if self.allowed_image_hosts is None else tuple(self.allowed_image_hosts),
             max_bytes=self.max_image_bytes,
             max_pixels=self.max_image_pixels,
+            max_aspect_ratio=self.max_image_aspect_ratio,
+            max_images=self.max_images,
+            max_total_pixels=self.max_total_image_pixels,
+            timeout_s=self.image_timeout_s,
+            formats=tuple(self.image_formats),
         )
 
     def _template_renders_tools(self) -> bool:
@@ -664,8 +690,15 @@ class ChatSteeredVLM(BaseChatModel):
             for i, c in enumerate(parsed.tool_calls)
         ]
         offset = len(tool_chunks)
+        # an invalid call's text goes as a JSON string, which LangChain's partial-JSON parser keeps
+        # invalid (a raw body could be completed into a "valid" call, or be nested past its limits)
         tool_chunks += [
-            {"name": c["name"], "args": c["args"], "id": c["id"], "index": offset + i}
+            {
+                "name": c["name"],
+                "args": json.dumps(c["args"], ensure_ascii=False),
+                "id": c["id"],
+                "index": offset + i,
+            }
             for i, c in enumerate(parsed.invalid_tool_calls)
         ]
         yield ChatGenerationChunk(

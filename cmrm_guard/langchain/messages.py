@@ -23,7 +23,7 @@ merged (several chat templates refuse two user turns in a row).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -37,8 +37,8 @@ from langchain_core.messages import (
 )
 
 from cmrm_guard.adapters.conversation import Conversation
-from cmrm_guard.errors import ConversationError
-from cmrm_guard.langchain.images import ImageLimits, load_image_block
+from cmrm_guard.errors import ConversationError, ImageInputError
+from cmrm_guard.images import ImageBudget, ImageLimits, load_image_block
 from cmrm_guard.langchain.tools import format_tool_call
 
 __all__ = ["add_system_text", "content_items", "to_conversation"]
@@ -46,20 +46,30 @@ __all__ = ["add_system_text", "content_items", "to_conversation"]
 _SKIPPED_BLOCKS = frozenset({"reasoning", "tool_call", "tool_call_chunk", "invalid_tool_call"})
 
 
-def content_items(message: BaseMessage, limits: ImageLimits) -> list[dict[str, Any]]:
-    """The text and image items of one message (images decoded under ``limits``).
+def content_items(
+    message: BaseMessage, limits: ImageLimits, budget: ImageBudget | None = None
+) -> list[dict[str, Any]]:
+    """The text and image items of one message (images decoded under ``limits`` and ``budget``).
 
     Raises:
         ConversationError: a block type the model cannot read (audio, video, files), naming it.
+        ImageInputError: an image in a ``SystemMessage`` (chat templates do not show it).
     """
+    budget = budget if budget is not None else ImageBudget(limits)
     items: list[dict[str, Any]] = []
-    for block in message.content_blocks:
+    for standard_block in message.content_blocks:
+        block: Mapping[str, Any] = standard_block  # a union of TypedDicts, read as a mapping
         kind = block.get("type")
         if kind == "text":
             if block.get("text"):
                 items.append({"type": "text", "text": block["text"]})
         elif kind == "image":
-            items.append({"type": "image", "image": load_image_block(block, limits)})
+            if isinstance(message, SystemMessage) or _role(message) == "system":
+                raise ImageInputError(
+                    f"{type(message).__name__} holds an image: chat templates do not show images in "
+                    "system messages (LLaVA's drops them); send it in a HumanMessage"
+                )
+            items.append({"type": "image", "image": load_image_block(block, limits, budget)})
         elif kind == "text-plain" and block.get("text"):
             items.append({"type": "text", "text": block["text"]})
         elif kind in _SKIPPED_BLOCKS or (kind == "non_standard" and isinstance(message, AIMessage)):
@@ -86,9 +96,11 @@ def _role(message: BaseMessage) -> str:
     raise ConversationError(f"unsupported message type {type(message).__name__}")
 
 
-def _convert(message: BaseMessage, limits: ImageLimits, tools_as_text: bool) -> dict[str, Any]:
+def _convert(
+    message: BaseMessage, limits: ImageLimits, budget: ImageBudget, tools_as_text: bool
+) -> dict[str, Any]:
     role = _role(message)
-    items = content_items(message, limits)
+    items = content_items(message, limits, budget)
     if role == "assistant":
         calls = getattr(message, "tool_calls", None) or []
         if tools_as_text:
@@ -144,16 +156,18 @@ def to_conversation(
     Args:
         messages: the chat history, oldest first; images may be in any turn.
         limits: image source permissions and size limits (default :class:`ImageLimits()`: inline
-            data only).
+            data only); the images of all messages share one request budget (``max_images``,
+            ``max_total_pixels``).
         tools_as_text: write tool calls and tool results as text (for templates without tool support).
 
     Raises:
         ConversationError (and its image subclasses): an unreadable message or image.
     """
     limits = limits or ImageLimits()
+    budget = ImageBudget(limits)
     conversation: Conversation = []
     for message in messages:
-        converted = _convert(message, limits, tools_as_text)
+        converted = _convert(message, limits, budget, tools_as_text)
         previous = conversation[-1] if conversation else None
         if previous is not None and previous["role"] == converted["role"] != "tool":
             _merge_into(previous, converted)

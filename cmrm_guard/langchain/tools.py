@@ -37,6 +37,8 @@ OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 _FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.S)
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of objects and arrays read in a tool call; deeper ones are invalid tool calls."""
 
 
 @dataclass
@@ -71,12 +73,44 @@ def _new_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
+def json_depth(text: str) -> int:
+    """Deepest nesting of ``{`` / ``[`` in JSON text, outside strings (no parsing, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "}]":
+            depth -= 1
+    return deepest
+
+
+def _loads(text: str) -> tuple[Any, str]:
+    """(value, error) of JSON text nested at most :data:`MAX_JSON_DEPTH` deep."""
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        return None, f"JSON is nested {depth} levels deep, over the limit of {MAX_JSON_DEPTH}"
+    try:
+        return json.loads(text), ""
+    except (json.JSONDecodeError, RecursionError) as error:
+        return None, f"not valid JSON: {error}"
+
+
 def _read_call(body: str) -> tuple[dict[str, Any] | None, str | None, str]:
     """(tool call, name if known, error); the call is None when the body is not a valid call."""
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError as error:
-        return None, None, f"tool call is not valid JSON: {error}"
+    value, error = _loads(body)
+    if error:
+        return None, None, f"tool call is {error}" if error.startswith("not") else f"tool call {error}"
     if not isinstance(value, dict):
         return None, None, f"tool call must be a JSON object, got {type(value).__name__}"
     name = value.get("name")
@@ -84,10 +118,9 @@ def _read_call(body: str) -> tuple[dict[str, Any] | None, str | None, str]:
         return None, None, "tool call has no 'name' string"
     arguments = value.get("arguments", value.get("parameters", {}))
     if isinstance(arguments, str):  # OpenAI style: arguments as a JSON string
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as error:
-            return None, name, f"arguments of {name!r} are not valid JSON: {error}"
+        arguments, error = _loads(arguments) if arguments.strip() else ({}, "")
+        if error:
+            return None, name, f"arguments of {name!r}: {error}"
     if not isinstance(arguments, dict):
         return None, name, f"arguments of {name!r} must be a JSON object, got {type(arguments).__name__}"
     return {"name": name, "args": arguments, "id": _new_id(), "type": "tool_call"}, name, ""
