@@ -6,7 +6,8 @@ Public API (imported lazily, so ``import cmrm_guard`` stays light):
 - :class:`SteeringConfig`, :class:`CalibrationConfig`: typed settings; :class:`SteeringLock`: what a
   request may change in them.
 - :func:`calibrate`: dataset-level shift vectors from calibration samples -> :class:`VectorPack`.
-- :class:`VectorPack`: shift vectors + metadata, saved as safetensors + JSON, pushed to the Hub.
+- :class:`VectorPack`: shift vectors + metadata, saved as safetensors + JSON, pushed to the Hub;
+  ``VectorsLike``: what ``vectors=`` accepts (a pack, a pack folder or Hub id, a dict or a tensor).
 - :mod:`cmrm_guard.adapters`: the architecture registry (``register_adapter``, ``get_adapter``).
 - :class:`ChatSteeredVLM`: the LangChain chat model (``cmrm_guard.langchain``; needs langchain-core).
 """
@@ -39,6 +40,7 @@ _EXPORTS = {
     "calibrate": "cmrm_guard.vectors.calibrate",
     "VectorPack": "cmrm_guard.vectors.pack",
     "PackMeta": "cmrm_guard.vectors.pack",
+    "VectorsLike": "cmrm_guard.vectors.inputs",
     "count_hooks": "cmrm_guard.hooks",
     "CMRMWarning": "cmrm_guard.errors",
     "ChatSteeredVLM": "cmrm_guard.langchain",  # needs langchain-core (the `langchain` extra)
@@ -55,6 +57,7 @@ __all__ = [
     "SteeringConfig",
     "SteeringLock",
     "VectorPack",
+    "VectorsLike",
     "__version__",
     "calibrate",
     "count_hooks",
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
     from cmrm_guard.outputs import AppliedSteering, GenerationOutput
     from cmrm_guard.steered import SteeredVLM
     from cmrm_guard.vectors.calibrate import calibrate
+    from cmrm_guard.vectors.inputs import VectorsLike
     from cmrm_guard.vectors.pack import PackMeta, VectorPack
 
 

@@ -20,12 +20,15 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor, nn
 
 from cmrm_guard.errors import LayerIndexError, VectorError
+
+LayerStack: TypeAlias = "nn.ModuleList | nn.Sequential | Sequence[nn.Module]"
+"""A decoder's layer stack: what :meth:`VLMAdapter.decoder_layers` returns, or a plain sequence."""
 
 
 @dataclass(frozen=True)
@@ -223,9 +226,7 @@ def _make_shift_hook(state: _ForwardState, shift: Tensor):
 
 
 @contextmanager
-def steer(
-    layers: Sequence[nn.Module], shifts: Mapping[int, Tensor], prompt: PromptPositions
-) -> Iterator[None]:
+def steer(layers: LayerStack, shifts: Mapping[int, Tensor], prompt: PromptPositions) -> Iterator[None]:
     """Add ``shifts[i]`` to the output of ``layers[i]`` at the positions ``prompt`` selects.
 
     Args:
@@ -259,7 +260,7 @@ def steer(
 
 @contextmanager
 def record_last_token(
-    layers: Sequence[nn.Module], indices: Sequence[int], last_index: Tensor
+    layers: LayerStack, indices: Sequence[int], last_index: Tensor
 ) -> Iterator[dict[int, Tensor]]:
     """Record, per layer, the output hidden state of each row's last prompt token.
 

@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 from cmrm_guard.adapters import conversation as conv
 from cmrm_guard.adapters.conversation import Conversation
-from cmrm_guard.hooks import record_last_token
+from cmrm_guard.hooks import LayerStack, record_last_token
 
 if TYPE_CHECKING:
     from cmrm_guard.adapters.base import VLMAdapter
@@ -64,7 +64,7 @@ class PrefixModel:
 
     adapter: VLMAdapter
     model: nn.Module
-    layers: Sequence[nn.Module]
+    layers: LayerStack
     encode: Callable[[Sequence[Conversation], Mapping[str, Any] | None], Any]
     model_inputs: Callable[[Mapping[str, Any]], dict[str, Any]]
     pad_token_id: int
@@ -85,13 +85,18 @@ class PrefixCache(DynamicCache):
         super().__init__()
         self.frozen = False
 
-    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args, **kwargs):
+    def update(
+        self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
         if not self.frozen:
             return super().update(key_states, value_states, layer_idx, *args, **kwargs)
         layer = self.layers[layer_idx]
+        prefix_keys: Tensor | None = getattr(layer, "keys", None)
+        prefix_values: Tensor | None = getattr(layer, "values", None)
+        assert prefix_keys is not None and prefix_values is not None  # the prefill filled every layer
         rows = key_states.shape[0]
-        keys = torch.cat([layer.keys.expand(rows, -1, -1, -1), key_states], dim=-2)
-        values = torch.cat([layer.values.expand(rows, -1, -1, -1), value_states], dim=-2)
+        keys = torch.cat([prefix_keys.expand(rows, -1, -1, -1), key_states], dim=-2)
+        values = torch.cat([prefix_values.expand(rows, -1, -1, -1), value_states], dim=-2)
         return keys, values
 
 

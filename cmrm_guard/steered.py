@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +41,19 @@ from cmrm_guard.shared_prefix import PrefixModel, shared_prefix_states
 from cmrm_guard.shifts import ShiftCache, layer_shifts
 
 if TYPE_CHECKING:
+    from cmrm_guard.vectors.inputs import VectorsLike
     from cmrm_guard.vectors.pack import VectorPack
 
 logger = logging.getLogger("cmrm_guard")
+
+
+class _CallRecord(TypedDict):
+    """The fields of a call's :class:`AppliedSteering` known before the steering is decided."""
+
+    mode: str
+    policy: str
+    pack: str | None
+    pack_revision: str | None
 
 
 class SteeredVLM:
@@ -89,7 +99,7 @@ class SteeredVLM:
         model: nn.Module,
         processor: Any,
         *,
-        vectors: Any = None,
+        vectors: VectorsLike | None = None,
         config: SteeringConfig | None = None,
         adapter: VLMAdapter | None = None,
         decoder_path: str | None = None,
@@ -134,7 +144,7 @@ class SteeredVLM:
         cls,
         model_id: str | Path,
         *,
-        vectors: Any = None,
+        vectors: VectorsLike | None = None,
         vectors_revision: str | None = None,
         vectors_token: str | bool | None = None,
         config: SteeringConfig | None = None,
@@ -195,7 +205,9 @@ class SteeredVLM:
             lock=lock,
         )
 
-    def _load_vectors(self, vectors: Any, revision: str | None, token: Any) -> VectorPack:
+    def _load_vectors(
+        self, vectors: VectorsLike, revision: str | None, token: str | bool | None
+    ) -> VectorPack:
         from cmrm_guard.vectors.inputs import as_vector_pack
 
         return as_vector_pack(
@@ -208,7 +220,9 @@ class SteeredVLM:
             token=token,
         )
 
-    def attach(self, vectors: Any, *, revision: str | None = None, token: Any = None) -> None:
+    def attach(
+        self, vectors: VectorsLike, *, revision: str | None = None, token: str | bool | None = None
+    ) -> None:
         """Validate and attach a new pack; a refused pack raises and leaves the current one in place."""
         pack = self._load_vectors(vectors, revision, token)
         self.vectors = pack
@@ -438,7 +452,9 @@ class SteeredVLM:
             pack_id = display_model_name(pack.meta.repo_id or pack.meta.base_model)
             pack_revision = pack.meta.revision
         image_rows = self._image_rows(conversations, inputs)
-        record = dict(mode=config.mode, policy=config.policy, pack=pack_id, pack_revision=pack_revision)
+        record = _CallRecord(
+            mode=config.mode, policy=config.policy, pack=pack_id, pack_revision=pack_revision
+        )
         if not config.enabled:
             return {}, AppliedSteering(False, reason="steering disabled", **record)
         if config.policy == "never":
@@ -695,7 +711,8 @@ class SteeredVLM:
 
         def run() -> Any:
             with steer(self.layers, shifts, positions), torch.inference_mode():
-                return self.model.generate(**model_inputs, streamer=streamer, **generate_kwargs)
+                generate: Any = self.model.generate  # nn.Module's __getattr__ types it as a Tensor
+                return generate(**model_inputs, streamer=streamer, **generate_kwargs)
 
         raw = run_on_model_thread(self.base_model, run, on_interrupt=stop.set)
         sequences = raw.sequences if hasattr(raw, "sequences") else raw
@@ -818,7 +835,8 @@ def _text_of(conversation: Conversation) -> str:
 
 
 def _input_device(model: nn.Module) -> torch.device:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_embeddings: Any = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if get_embeddings is not None else None
     if embeddings is not None and hasattr(embeddings, "weight"):
         return embeddings.weight.device
     return next(model.parameters()).device

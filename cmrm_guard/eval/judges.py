@@ -21,7 +21,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from cmrm_guard.eval.fluency import HeuristicFluency, PerplexityFluency, sentences_of, words_of
 
@@ -289,12 +289,12 @@ def parse_label(answer: str) -> tuple[Label, str]:
     Returns ``("unknown", answer)`` when no line names one, or one line names two different ones.
     """
     for line in answer.strip().splitlines():
-        found = {m.upper() for m in _LABEL_WORD.findall(line)}
+        found: set[str] = {m.upper() for m in _LABEL_WORD.findall(line)}
         if len(found) == 1:
-            label = found.pop().lower()
+            label = cast(Label, found.pop().lower())  # _LABEL_WORD matches label words only
             rest = answer.strip().split("\n", 1)
             reason = rest[1].strip() if len(rest) > 1 else line.strip()
-            return label, reason[:300]  # type: ignore[return-value]
+            return label, reason[:300]
         if len(found) > 1:
             break
     return "unknown", answer.strip()[:300]

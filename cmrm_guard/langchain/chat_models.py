@@ -40,7 +40,12 @@ from cmrm_guard.config import SteeringConfig, SteeringLock
 from cmrm_guard.errors import ConfigError, SteeringUnavailableError
 from cmrm_guard.images import DEFAULT_FORMATS, ImageLimits
 from cmrm_guard.langchain.generation import ForcedPrefix, SeededSampler, StreamGate, cut_at_stop
-from cmrm_guard.langchain.messages import add_system_text, to_conversation
+from cmrm_guard.langchain.messages import (
+    add_system_text,
+    to_conversation,
+    tool_call_chunk,
+    usage_metadata,
+)
 from cmrm_guard.langchain.overrides import CONFIGURABLE_KEY, STEERING_FIELDS, steering_dict, with_configurable
 from cmrm_guard.langchain.structured import structured_output
 from cmrm_guard.langchain.tools import (
@@ -535,7 +540,7 @@ class ChatSteeredVLM(BaseChatModel):
             "cmrm_steering": output.steering.as_dict(),
         }
         prompt = int(output.prompt_length)
-        usage = UsageMetadata(input_tokens=prompt, output_tokens=count, total_tokens=prompt + count)
+        usage = usage_metadata(prompt, count)
         return parsed, metadata, usage
 
     def _ended_with_eos(self, output: GenerationOutput) -> bool:
@@ -554,7 +559,7 @@ class ChatSteeredVLM(BaseChatModel):
                 "finish_reason": "steering_unavailable",
                 "cmrm_steering": record.as_dict(),
             },
-            usage_metadata=UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0),
+            usage_metadata=usage_metadata(0, 0),
         )
 
     # ---------------------------------------------------------------------------- generation
@@ -686,19 +691,14 @@ class ChatSteeredVLM(BaseChatModel):
         emitted = gate.emitted
         rest = parsed.content[len(emitted) :] if parsed.content.startswith(emitted) else ""
         tool_chunks = [
-            {"name": c["name"], "args": json.dumps(c["args"], ensure_ascii=False), "id": c["id"], "index": i}
+            tool_call_chunk(c["name"], json.dumps(c["args"], ensure_ascii=False), c["id"], i)
             for i, c in enumerate(parsed.tool_calls)
         ]
         offset = len(tool_chunks)
         # an invalid call's text goes as a JSON string, which LangChain's partial-JSON parser keeps
         # invalid (a raw body could be completed into a "valid" call, or be nested past its limits)
         tool_chunks += [
-            {
-                "name": c["name"],
-                "args": json.dumps(c["args"], ensure_ascii=False),
-                "id": c["id"],
-                "index": offset + i,
-            }
+            tool_call_chunk(c["name"], json.dumps(c["args"], ensure_ascii=False), c["id"], offset + i)
             for i, c in enumerate(parsed.invalid_tool_calls)
         ]
         yield ChatGenerationChunk(

@@ -44,7 +44,7 @@ class SeededSampler(LogitsProcessor):
         self.seed = int(seed)
         self._generator: torch.Generator | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if self._generator is None or self._generator.device != scores.device:
             self._generator = torch.Generator(device=scores.device).manual_seed(self.seed)
         logits = scores.float() / self.temperature
@@ -68,7 +68,7 @@ class ForcedPrefix(LogitsProcessor):
         self.token_ids = list(token_ids)
         self._start: int | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if self._start is None:
             self._start = input_ids.shape[1]
         step = input_ids.shape[1] - self._start

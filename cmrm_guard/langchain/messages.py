@@ -35,6 +35,8 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import ToolCallChunk
 
 from cmrm_guard.adapters.conversation import Conversation
 from cmrm_guard.errors import ConversationError, ImageInputError
@@ -189,3 +191,22 @@ def add_system_text(conversation: Conversation, text: str) -> Conversation:
         first["content"] = content
         return [first, *conversation[1:]]
     return [{"role": "system", "content": [{"type": "text", "text": text}]}, *conversation]
+
+
+# The two builders below carry the only `type: ignore`s of the LangChain integration: recent
+# langchain-core (Python 3.11+ only) imports NotRequired from `typing`, which mypy checking for
+# Python 3.10 does not honour, so it reads the optional keys of these TypedDicts as required.
+
+
+def usage_metadata(input_tokens: int, output_tokens: int) -> UsageMetadata:
+    """LangChain's token usage record of one reply (``total_tokens`` is their sum)."""
+    # optional *_token_details read as required
+    return UsageMetadata(  # type: ignore[typeddict-item]
+        input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
+    )
+
+
+def tool_call_chunk(name: str | None, args: str | None, id: str | None, index: int | None) -> ToolCallChunk:
+    """One streamed tool call: ``args`` is its arguments as JSON text."""
+    # optional "type" read as required
+    return ToolCallChunk(name=name, args=args, id=id, index=index)  # type: ignore[typeddict-item]

@@ -34,13 +34,13 @@ except ImportError as _error:  # langchain missing, or a 0.x langchain without a
         "pip install 'cmrm-guard[agents]'"
     ) from _error
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.runnables import RunnableBinding
 from torch import Tensor
 
 from cmrm_guard.config import SteeringConfig, SteeringLock
 from cmrm_guard.errors import ConfigError, NotSteerableModelError, VectorError
 from cmrm_guard.langchain.chat_models import ChatSteeredVLM
+from cmrm_guard.langchain.messages import usage_metadata
 from cmrm_guard.langchain.overrides import steering_dict
 from cmrm_guard.steered import AppliedSteering, SteeredVLM
 
@@ -238,20 +238,20 @@ class CMRMGuardMiddleware(AgentMiddleware):
         return steered
 
     # ------------------------------------------------------------------------------- a call
-    def _prepare(self, request: ModelRequest) -> tuple[ModelRequest | None, AIMessage | None]:
+    def _prepare(self, request: ModelRequest) -> ModelRequest | AIMessage:
         """The request to hand on (guard settings bound to it), or the refusal to answer with."""
         chat = steerable_chat_model(request.model)
         if chat is None:
             message = self._not_steerable(request.model)
             if self.on_unsteerable == "raise":
                 raise NotSteerableModelError(message)
-            return None, self._refusal(message)
+            return self._refusal(message)
         target = self.check_model(request.model)
         model = request.model if target is chat else _with_chat_model(request.model, target)
         settings = dict(request.model_settings)
         earlier = steering_dict(settings.get("steering"), "model_settings['steering']")
         settings["steering"] = {**earlier, **self.steering}
-        return request.override(model=model, model_settings=settings), None
+        return request.override(model=model, model_settings=settings)
 
     def _guard_record(self) -> dict[str, Any]:
         steering = {k: list(v) if isinstance(v, tuple) else v for k, v in self.steering.items()}
@@ -273,7 +273,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
                 "cmrm_steering": record.as_dict(),
                 "cmrm_guard": self._guard_record(),
             },
-            usage_metadata=UsageMetadata(input_tokens=0, output_tokens=0, total_tokens=0),
+            usage_metadata=usage_metadata(0, 0),
         )
 
     def _stamp(self, result: Any) -> Any:
@@ -301,18 +301,18 @@ class CMRMGuardMiddleware(AgentMiddleware):
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse | AIMessage:
         """Check the model, bind this guard's steering to the call, run it, record what was applied."""
-        guarded, refusal = self._prepare(request)
-        if refusal is not None:
-            return ModelResponse(result=[refusal])
+        guarded = self._prepare(request)
+        if isinstance(guarded, AIMessage):  # the refusal to answer with
+            return ModelResponse(result=[guarded])
         return self._stamp(handler(guarded))
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse | AIMessage:
         """Async :meth:`wrap_model_call`."""
-        guarded, refusal = self._prepare(request)
-        if refusal is not None:
-            return ModelResponse(result=[refusal])
+        guarded = self._prepare(request)
+        if isinstance(guarded, AIMessage):  # the refusal to answer with
+            return ModelResponse(result=[guarded])
         return self._stamp(await handler(guarded))
 
 

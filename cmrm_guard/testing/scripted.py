@@ -31,7 +31,7 @@ class ScriptedReplies(LogitsProcessor):
         self._last = -1
         self._target: list[int] | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         ids = input_ids[0].tolist()
         prompt = self._prompt
         if prompt is None or len(ids) != self._last + 1 or ids[: len(prompt)] != prompt:

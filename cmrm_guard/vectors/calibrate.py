@@ -85,40 +85,59 @@ def calibrate(
     svlm: SteeredVLM,
     samples: Iterable[Any],
     *,
-    estimator: Estimator = "mean",
-    batch_size: int = 8,
-    corruption: Corruption = "blank",
+    config: CalibrationConfig | None = None,
+    estimator: Estimator | None = None,
+    batch_size: int | None = None,
+    corruption: Corruption | None = None,
     layers: Sequence[int] | None = None,
     alpha: float = 1.0,
     application: Application = "increment",
     progress: bool | None = None,
-    noise_seed: int = 0,
+    noise_seed: int | None = None,
 ) -> VectorPack:
     """Compute dataset-level CMRM vectors for ``svlm``'s model.
+
+    The estimation settings come from ``config`` (default: ``CalibrationConfig()``); each of
+    ``estimator``, ``batch_size``, ``corruption`` and ``noise_seed`` that is given (not ``None``)
+    replaces the config's value.
 
     Args:
         svlm: the wrapped model.
         samples: conversations with images, ``{"prompt", "image"}`` dicts or prompt strings.
-        estimator: ``"mean"`` or ``"pc1"``.
-        batch_size: samples per forward (each contributes two rows: its two twins).
-        corruption: ``"blank"`` or ``"noise"``.
+        config: a :class:`~cmrm_guard.config.CalibrationConfig` (estimator, corruption, batch size,
+            noise seed).
+        estimator: ``"mean"`` or ``"pc1"`` (default ``"mean"``).
+        batch_size: samples per forward (each contributes two rows: its two twins; default 8).
+        corruption: ``"blank"`` or ``"noise"`` (default ``"blank"``).
         layers: decoder layers to compute (``None``: all).
         alpha, application: the defaults stored in the pack (alpha a finite number >= 0;
             checked before any sample runs).
         progress: show a progress bar (``None``: only when stderr is a terminal).
-        noise_seed: seed of the noise corruption.
+        noise_seed: seed of the noise corruption (default 0).
 
     Returns:
         An in-memory :class:`~cmrm_guard.vectors.VectorPack`.
 
+    Raises:
+        ConfigError: ``config`` is not a ``CalibrationConfig``, or a setting is invalid.
+
     Example:
         >>> pack = calibrate(svlm, [{"prompt": p} for p in prompts], estimator="mean")
+        >>> pack = calibrate(svlm, samples, config=CalibrationConfig(estimator="pc1", batch_size=4))
     """
     from cmrm_guard.hooks import check_layer_indices
     from cmrm_guard.vectors.pack import PackMeta, VectorPack
 
-    settings = CalibrationConfig(
-        estimator=estimator, corruption=corruption, batch_size=batch_size, noise_seed=noise_seed
+    if config is not None and not isinstance(config, CalibrationConfig):
+        raise ConfigError(f"calibrate: config must be a CalibrationConfig, got {type(config).__name__}")
+    given = {
+        "estimator": estimator,
+        "batch_size": batch_size,
+        "corruption": corruption,
+        "noise_seed": noise_seed,
+    }
+    settings = (config or CalibrationConfig()).replace(
+        **{name: value for name, value in given.items() if value is not None}
     )
     try:
         check_alpha(alpha)

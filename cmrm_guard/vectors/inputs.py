@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 from torch import Tensor
 
@@ -12,9 +12,14 @@ from cmrm_guard.errors import VectorError
 from cmrm_guard.hooks import check_layer_indices
 from cmrm_guard.vectors.pack import PackMeta, VectorPack
 
+VectorsLike: TypeAlias = VectorPack | str | Path | Mapping[int, Tensor] | Tensor
+"""What ``vectors=`` of :class:`~cmrm_guard.SteeredVLM` and ``attach`` accept: a
+:class:`~cmrm_guard.vectors.VectorPack`, a pack folder (a ``Path``, or a string) or Hub repo id, a
+``{layer: (hidden,) tensor}`` mapping, or a ``(num_layers, hidden)`` tensor."""
+
 
 def as_vector_pack(
-    vectors: Any,
+    vectors: VectorsLike,
     *,
     model_type: str,
     hidden_size: int,
