@@ -127,6 +127,8 @@ class SteeredVLM:
         if vectors is not None:  # named vectors that do not validate raise, whatever `strict` says
             self.vectors = self._load_vectors(vectors, vectors_revision, vectors_token)
         self._check_layers_setting(self.config)
+        if lock is not None and lock.layers is not None:
+            check_layer_indices(list(lock.layers), self.num_layers)  # a lock naming absent layers fails now
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
@@ -433,12 +435,15 @@ class SteeredVLM:
         strict = self.strict if strict is None else bool(strict)
         self.check_lock(config)  # a config handed straight to plan() is held to the lock too
         pack = self.vectors
-        pack_id = pack_revision = None
+        record: dict[str, Any] = dict(mode=config.mode, policy=config.policy)
         if pack is not None:
-            pack_id = display_model_name(pack.meta.repo_id or pack.meta.base_model)
-            pack_revision = pack.meta.revision
+            record |= dict(
+                pack=display_model_name(pack.meta.repo_id or pack.meta.base_model),
+                pack_revision=pack.meta.revision,
+                pack_provenance=pack.provenance,
+                pack_sha256=pack.meta.shifts_sha256,
+            )
         image_rows = self._image_rows(conversations, inputs)
-        record = dict(mode=config.mode, policy=config.policy, pack=pack_id, pack_revision=pack_revision)
         if not config.enabled:
             return {}, AppliedSteering(False, reason="steering disabled", **record)
         if config.policy == "never":

@@ -282,6 +282,7 @@ class ChatSteeredVLM(BaseChatModel):
             if pack is not None
             else None,
             "pack_revision": pack.meta.revision if pack is not None else None,
+            "pack_provenance": pack.provenance if pack is not None else None,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
