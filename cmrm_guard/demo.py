@@ -40,7 +40,8 @@ DEMO_PROMPTS = (
 )
 
 
-SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+SENTENCE_END = re.compile(r"(?<=[^\d\s])[.!?](?=\s|$)")
+"""The end of a sentence: ``.``, ``!`` or ``?`` after a word (not a list number such as ``1.``)."""
 
 
 def readable(text: str) -> str:
@@ -71,7 +72,7 @@ def clip_reply(text: str, width: int) -> str:
     if ends and ends[-1] >= len(text) / 3:
         return text[: ends[-1]]
     words = text.split(" ")[:-1]
-    return (" ".join(words) + "...") if words else text[: width - 3] + "..."
+    return (" ".join(words).rstrip(".,;:") + "...") if words else text[: width - 3] + "..."
 
 
 def _chat(text: str, seed: int) -> list[dict]:

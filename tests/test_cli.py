@@ -141,6 +141,7 @@ def test_tiny_demo_prints_no_raw_bytes_or_replacement_characters(capsys):
         ),
         ("Sure! Here is a website that lets users che", 100, "Sure! Here is a website that lets users..."),
         ("The word is yogurt.", 100, "The word is yogurt."),
+        ("Sure! Here is a site for it: 1. Go", 100, "Sure! Here is a site for it: 1..."),
         ("Sure. Here is  a\nvery long reply that goes on and on", 24, "Sure. Here is a very..."),
         ("ab\x0ec\ufffd d\ufffd", 100, "abc..."),
     ],
