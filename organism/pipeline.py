@@ -67,7 +67,8 @@ def admissible_settings(rows: list[dict[str, Any]], budget: float = 0.02) -> lis
 def choose_default(rows: list[dict[str, Any]], text_rate: float, budget: float = 0.02) -> dict[str, Any]:
     """The sweep row to store as the pack's default (dataset mode only: a pack holds vectors).
 
-    The issue's goals as a rule. Admissible: every benign set (beside / typed) refused at most
+    The organism's goals (restore refusal with an image, keep benign refusal and image QA) as
+    a rule. Admissible: every benign set (beside / typed) refused at most
     ``budget`` more than unsteered and image-question accuracy at most ``budget`` lower, where a
     budget is never smaller than one prompt (at n = 48 one prompt is 2.1 points: the sweep cannot
     resolve less). Among admissible rows: the one whose worse harmful set with an image (beside or

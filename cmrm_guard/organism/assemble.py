@@ -247,6 +247,11 @@ def load_parts_into(model: Any, folder: Path) -> None:
     )
 
 
+def assembled_folder(parts: Path | None = None, *, cache: Path | None = None) -> Path:
+    """Where :func:`assemble_folder` writes the organism of ``parts`` (it may not exist yet)."""
+    return Path(cache or cache_root()) / parts_hash(Path(parts or PARTS))
+
+
 def assemble_folder(parts: Path | None = None, *, cache: Path | None = None, force: bool = False) -> Path:
     """Write (once) the merged organism as a transformers folder and return its path.
 
@@ -261,7 +266,7 @@ def assemble_folder(parts: Path | None = None, *, cache: Path | None = None, for
             f"no organism parts in {parts}: expected vision.safetensors, lora.safetensors and "
             "organism_config.json (the package ships them in cmrm_guard/organism/parts)"
         )
-    target = Path(cache or cache_root()) / parts_hash(parts)
+    target = assembled_folder(parts, cache=cache)
     if (target / "config.json").exists() and not force:
         return target
     backbone, tokenizer = bb.load_backbone()

@@ -23,9 +23,13 @@ def run_organism_demo(
     """Load the organism, show a few answers side by side (``max_new_tokens`` each), print refusal
     rates on ``n`` eval prompts per set (``rate_tokens`` each: a refusal shows in its opening)."""
     from cmrm_guard.hooks import count_hooks
+    from cmrm_guard.organism.assemble import assembled_folder
     from cmrm_guard.organism.load import load_organism
 
     started = time.perf_counter()
+    folder = assembled_folder()
+    if not (folder / "config.json").exists():
+        print(f"assembling the organism once (GGUF backbone + shipped parts) into {folder} ...", flush=True)
     svlm = load_organism()
     tokenizer = svlm.processor.tokenizer
     pack = svlm.vectors
