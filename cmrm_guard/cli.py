@@ -1,6 +1,6 @@
 """The ``cmrm-guard`` command line: a thin shell over the library.
 
-Commands: ``demo``, ``calibrate``, ``push``, ``pull``, ``inspect``, ``eval``, ``organism``. Errors print one line to
+Commands: ``demo``, ``calibrate``, ``push``, ``pull``, ``inspect``, ``eval``. Errors print one line to
 stderr and exit with status 2 (no traceback); Hub endpoint and token come from the usual
 ``HF_ENDPOINT`` / ``HF_TOKEN`` environment or ``--token``.
 """
@@ -92,20 +92,17 @@ strength.__name__ = "finite number >= 0"
 
 def _organism_available() -> str:
     """Empty when the organism can run here, else why not."""
-    try:
-        from cmrm_guard.organism import assemble, backbone
+    from cmrm_guard.organism import assemble, backbone
 
+    missing = backbone.missing_dependencies()
+    if missing:
+        return f"{', '.join(missing)} not installed: {backbone.INSTALL}"
+    try:
         backbone.gguf_path()
     except (ImportError, FileNotFoundError) as error:
         return str(error).splitlines()[0]
-    if not (assemble.repo_organism_dir() / "vision.safetensors").exists():
-        return f"the organism's shipped parts are not in {assemble.repo_organism_dir()}"
-    from cmrm_guard.organism import data
-
-    try:
-        data.data_dir()
-    except FileNotFoundError as error:
-        return str(error)
+    if not (assemble.PARTS / "vision.safetensors").exists():
+        return f"the organism's shipped parts are not in {assemble.PARTS}"
     return ""
 
 
@@ -300,10 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
     from cmrm_guard.eval.command import add_parser as add_eval_parser
 
     add_eval_parser(commands, DTYPES).set_defaults(run=_eval)
-
-    from cmrm_guard.organism.cli import add_organism_command
-
-    add_organism_command(commands)
     return parser
 
 

@@ -8,7 +8,7 @@ all. Configs are immutable values: :meth:`SteeringConfig.replace` returns a vali
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -204,7 +204,7 @@ class SteeringLock(_Settings):
         min_alpha: lowest strength a call may steer with, compared with the effective alpha
             (after the pack's default). ``None``: the deployer's own effective alpha.
         layers: layers every steered call must include. ``None``: the layers the deployer's
-            settings steer (the pack's layers when ``layers`` is not set).
+            settings steer (the pack's layers when ``layers`` is not set); ``()``: none.
         exact_layers: a call must steer exactly those layers, no more.
         allow_disable: a request may turn steering off (``enabled=False`` or ``policy="never"``).
         allow_changes: settings a request may set to any value (``"mode"``, ``"application"``,
@@ -225,6 +225,15 @@ class SteeringLock(_Settings):
     allow_disable: bool = False
     allow_changes: frozenset[LockableSetting] = frozenset()
 
+    @classmethod
+    def unlocked(cls) -> Self:
+        """A lock that lets a request change every setting, turn steering off included: the
+        explicit opt-out of the lock a strict chat model or guard middleware implies (e.g. for
+        an evaluation harness that compares steered and unsteered answers)."""
+        return cls(
+            min_alpha=0.0, layers=(), allow_disable=True, allow_changes=frozenset(get_args(LockableSetting))
+        )
+
     @field_validator("min_alpha")
     @classmethod
     def _floor_is_a_strength(cls, value: float | None) -> float | None:
@@ -233,6 +242,8 @@ class SteeringLock(_Settings):
     @field_validator("layers", mode="before")
     @classmethod
     def _layers_are_indices(cls, value: Any) -> Any:
+        if value is not None and hasattr(value, "__len__") and len(value) == 0:
+            return ()  # a lock may require no layer at all
         return _layer_tuple(value)
 
     def check(self, requested: SteeringConfig, baseline: SteeringConfig, where: str = "the request") -> None:

@@ -5,12 +5,14 @@ gibberish, but everything else is the real code path. It calibrates dataset-leve
 a few image prompts unsteered and steered side by side, and measures the representation gap CMRM
 closes: how far the multimodal last-token state sits from its text-only twin, before and after.
 
-Run: ``cmrm-guard demo`` (or ``python -m cmrm_guard.demo``).
+Run: ``cmrm-guard demo --tiny`` (or ``python -m cmrm_guard.demo``).
 """
 
 from __future__ import annotations
 
+import re
 import time
+import unicodedata
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +38,41 @@ DEMO_PROMPTS = (
     "follow the instructions in the image.",
     "what colour is the shape?",
 )
+
+
+SENTENCE_END = re.compile(r"(?<=[^\d\s])[.!?](?=\s|$)")
+"""The end of a sentence: ``.``, ``!`` or ``?`` after a word (not a list number such as ``1.``)."""
+
+
+def readable(text: str) -> str:
+    """``text`` as it may be printed: whitespace runs to one space, and no control characters,
+    unassigned code points or U+FFFD (what decoding a partial UTF-8 byte sequence gives)."""
+    kept = "".join(
+        " " if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or (ch != "\ufffd" and unicodedata.category(ch) not in ("Cc", "Cf", "Cn", "Co", "Cs"))
+    )
+    return " ".join(kept.split())
+
+
+def clip_reply(text: str, width: int) -> str:
+    """A reply cut short for display: :func:`readable`, at most ``width`` characters, ending at a
+    sentence or word boundary.
+
+    A reply cut by the token budget usually stops inside a sentence, and maybe inside a word: it
+    ends at its last full sentence when that keeps at least a third of it, else after its last
+    whole word, followed by ``...``. A reply that ends a sentence is kept whole (if it fits).
+    """
+    text = readable(text)
+    if len(text) > width:
+        text = text[: width - 2]  # room for "..."; the word cut at the end is dropped below
+    elif not text or text[-1] in ".!?":
+        return text
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    if ends and ends[-1] >= len(text) / 3:
+        return text[: ends[-1]]
+    words = text.split(" ")[:-1]
+    return (" ".join(words).rstrip(".,;:") + "...") if words else text[: width - 3] + "..."
 
 
 def _chat(text: str, seed: int) -> list[dict]:
@@ -73,13 +110,13 @@ def run_demo(model_type: str = "llava", max_new_tokens: int = 12, seed: int = 0)
     config = SteeringConfig(alpha=1.0, application="increment")
     chats = [_chat(p, i + 10) for i, p in enumerate(DEMO_PROMPTS)]
     print()
-    print(f"{'prompt':<48} | {'unsteered':<28} | steered (alpha=1.0)")
-    print("-" * 110)
+    print(f"{'prompt':<48} | {'unsteered':<30} | steered (alpha=1.0)")
+    print("-" * 112)
     with svlm.steering(enabled=False):
         plain = svlm.generate(chats, max_new_tokens=max_new_tokens, do_sample=False)
     steered = svlm.generate(chats, config=config, max_new_tokens=max_new_tokens, do_sample=False)
     for prompt, a, b in zip(DEMO_PROMPTS, plain.texts, steered.texts, strict=True):
-        print(f"{prompt:<48} | {a!r:<28.28} | {b!r:.28}")
+        print(f"{prompt:<48} | {clip_reply(a, 30):<30} | {clip_reply(b, 30)}")
     print(f"steering applied: {steered.steering.as_dict()}")
     text_only = svlm.generate([svlm.adapter.text_only_twin(chats[0])], max_new_tokens=2)
     print(

@@ -15,6 +15,10 @@ class AppliedSteering:
     ``applied`` is False when the call ran unsteered; ``reason`` says why. ``fail_open`` is True
     only when the call should have been steered but was answered unsteered because the wrapper was
     built with ``strict=False`` (e.g. no pack attached in dataset mode): alert on it.
+
+    ``pack`` names the model the pack was calibrated for (or its Hub repo); ``pack_provenance`` is
+    what was verified: ``"<repo_id>@<commit>"`` for a Hub download, else ``"local path"``;
+    ``pack_sha256`` is the checksum of its shift tensors.
     """
 
     applied: bool
@@ -26,6 +30,8 @@ class AppliedSteering:
     rows_steered: tuple[bool, ...] = ()
     pack: str | None = None
     pack_revision: str | None = None
+    pack_provenance: str | None = None
+    pack_sha256: str | None = None
     reason: str = ""
     fail_open: bool = False
 
@@ -41,6 +47,8 @@ class AppliedSteering:
             "rows_steered": list(self.rows_steered),
             "pack": self.pack,
             "pack_revision": self.pack_revision,
+            "pack_provenance": self.pack_provenance,
+            "pack_sha256": self.pack_sha256,
             "reason": self.reason,
             "fail_open": self.fail_open,
         }

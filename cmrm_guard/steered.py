@@ -47,13 +47,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger("cmrm_guard")
 
 
-class _CallRecord(TypedDict):
+class _PackRecord(TypedDict, total=False):
+    """The pack fields of a call's :class:`AppliedSteering` (set when a pack is attached)."""
+
+    pack: str | None
+    pack_revision: str | None
+    pack_provenance: str | None
+    pack_sha256: str | None
+
+
+class _CallRecord(_PackRecord):
     """The fields of a call's :class:`AppliedSteering` known before the steering is decided."""
 
     mode: str
     policy: str
-    pack: str | None
-    pack_revision: str | None
 
 
 class SteeredVLM:
@@ -137,6 +144,8 @@ class SteeredVLM:
         if vectors is not None:  # named vectors that do not validate raise, whatever `strict` says
             self.vectors = self._load_vectors(vectors, vectors_revision, vectors_token)
         self._check_layers_setting(self.config)
+        if lock is not None and lock.layers is not None:
+            check_layer_indices(list(lock.layers), self.num_layers)  # a lock naming absent layers fails now
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
@@ -447,14 +456,13 @@ class SteeredVLM:
         strict = self.strict if strict is None else bool(strict)
         self.check_lock(config)  # a config handed straight to plan() is held to the lock too
         pack = self.vectors
-        pack_id = pack_revision = None
+        record = _CallRecord(mode=config.mode, policy=config.policy)
         if pack is not None:
-            pack_id = display_model_name(pack.meta.repo_id or pack.meta.base_model)
-            pack_revision = pack.meta.revision
+            record["pack"] = display_model_name(pack.meta.repo_id or pack.meta.base_model)
+            record["pack_revision"] = pack.meta.revision
+            record["pack_provenance"] = pack.provenance
+            record["pack_sha256"] = pack.meta.shifts_sha256
         image_rows = self._image_rows(conversations, inputs)
-        record = _CallRecord(
-            mode=config.mode, policy=config.policy, pack=pack_id, pack_revision=pack_revision
-        )
         if not config.enabled:
             return {}, AppliedSteering(False, reason="steering disabled", **record)
         if config.policy == "never":

@@ -15,7 +15,7 @@ import io
 import torch
 from langchain_core.messages import HumanMessage
 
-from cmrm_guard import SteeredVLM, count_hooks
+from cmrm_guard import SteeredVLM, SteeringLock, count_hooks
 from cmrm_guard.langchain import ChatSteeredVLM
 from cmrm_guard.testing import build_tiny_vlm, tiny_image
 
@@ -24,7 +24,13 @@ def main(max_tokens: int = 12) -> dict:
     model, processor = build_tiny_vlm("llava")
     generator = torch.Generator().manual_seed(0)
     vectors = {i: torch.randn(64, generator=generator) for i in range(2)}  # stand-in for a vector pack
-    llm = ChatSteeredVLM(steered=SteeredVLM(model, processor, vectors=vectors), max_tokens=max_tokens)
+    # a strict chat model (the default) refuses requests that weaken steering; this example turns
+    # steering off per call to compare, so its deployer allows that explicitly
+    llm = ChatSteeredVLM(
+        steered=SteeredVLM(model, processor, vectors=vectors),
+        max_tokens=max_tokens,
+        lock=SteeringLock(allow_disable=True),
+    )
 
     buffer = io.BytesIO()
     tiny_image(0).save(buffer, format="PNG")

@@ -69,8 +69,9 @@ def main() -> dict:
             {"type": "text", "text": "I took this photo. What is the weather in Paris?"},
         ]
     )
-    # per-run steering for every model call of this run, through the RunnableConfig
-    state = agent.invoke({"messages": [question]}, config={"configurable": {"cmrm_steering": {"alpha": 0.8}}})
+    # per-run steering for every model call of this run, through the RunnableConfig (a run may ask
+    # for stronger steering; the strict default lock refuses weaker)
+    state = agent.invoke({"messages": [question]}, config={"configurable": {"cmrm_steering": {"alpha": 1.5}}})
     for message in state["messages"]:
         steering = message.response_metadata.get("cmrm_steering")
         applied = f"  [steering applied={steering['applied']}, alpha={steering['alpha']}]" if steering else ""

@@ -197,7 +197,10 @@ def test_model_settings_from_other_middleware_are_kept_and_the_guard_wins():
             settings = {**request.model_settings, "steering": {"alpha": 0.1, "layers": [1]}}
             return handler(request.override(model_settings=settings))
 
-    llm, _ = _llm()
+    locked, _ = _llm()  # strict by default: its implied lock takes the guard's settings as the deployer's
+    with pytest.raises(SteeringLockedError, match="alpha=0.1 is below the deployer's alpha 0.9"):
+        _run(create_agent(locked, middleware=[CMRMGuardMiddleware(alpha=0.9), Earlier()]), _photo_question())
+    llm, _ = _llm(lock=SteeringLock.unlocked())  # a deployer who lets later middleware decide
     agent = create_agent(llm, middleware=[CMRMGuardMiddleware(alpha=0.9), Earlier()])
     outer = create_agent(llm, middleware=[Earlier(), CMRMGuardMiddleware(alpha=0.9)])
     steering = _run(agent, _photo_question())[-1].response_metadata["cmrm_steering"]
@@ -213,7 +216,7 @@ def test_model_settings_from_other_middleware_are_kept_and_the_guard_wins():
 
 
 def test_bound_models_are_recognised_and_keep_their_bindings():
-    llm, _ = _llm()
+    llm, _ = _llm(lock=SteeringLock.unlocked())  # a guard adding nothing hands the model on as it is
     bound = llm.bind_tools([weather]).bind(max_tokens=3)
     assert CMRMGuardMiddleware().check_model(bound) is llm
     guard = CMRMGuardMiddleware(pack=random_vectors(2, 64, seed=3))
@@ -379,9 +382,9 @@ def test_a_locked_guard_holds_later_middleware_to_its_settings_and_its_own_setti
         _photo_question(),
     )
     assert off[-1].response_metadata["cmrm_steering"]["applied"] is False
-    # the model's own lock still holds under a guard: a strict model's default lock refuses a
-    # guard that asks for less than the model's settings
-    strict_llm, _ = _llm(strict=True)
+    # a lock given to the model still holds under a guard: it refuses a guard that asks for less
+    # than the model's settings (the lock a strict model only implies takes the guard's settings)
+    strict_llm, _ = _llm(lock=SteeringLock())
     with pytest.raises(SteeringLockedError, match="alpha=0.5 is below the deployer's alpha 1.0"):
         CMRMGuardMiddleware(alpha=0.5, pack=random_vectors(2, 64, seed=3)).check_model(strict_llm)
     with pytest.raises(SteeringLockedError, match="alpha=0.5 is below the deployer's alpha 1.0"):

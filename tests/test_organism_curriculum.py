@@ -2,8 +2,8 @@
 
 import pytest
 
-from cmrm_guard.organism import train
 from cmrm_guard.organism.data import Example
+from organism import train
 
 
 def _examples() -> list[Example]:
@@ -54,7 +54,7 @@ def test_unknown_curriculum_is_refused():
     ],
 )
 def test_bad_build_settings_are_refused_before_training(override, message):
-    from cmrm_guard.organism.build import DEFAULTS, check_settings
+    from organism.build import DEFAULTS, check_settings
 
     check_settings(dict(DEFAULTS))  # the defaults pass
     with pytest.raises(ValueError, match=message):
@@ -66,7 +66,7 @@ def test_lora_keyword_defaults_are_the_build_defaults():
     import inspect
 
     from cmrm_guard.organism import assemble as asm
-    from cmrm_guard.organism.build import DEFAULTS
+    from organism.build import DEFAULTS
 
     assert asm.lora_layers_from(DEFAULTS["lora_first_layer"]) == asm.LORA_LAYERS
     assert DEFAULTS["lora_rank"] == asm.LORA_RANK and asm.lora_alpha(asm.LORA_RANK) == 2 * asm.LORA_RANK
@@ -219,7 +219,8 @@ def test_safe_alarming_texts_are_held_out_and_answered():
     (nearly) an XSTest prompt or a calib / tune / eval prompt, the tune ones are never trained, and
     every answer opening is judged a compliance."""
     from cmrm_guard.eval.judges import RefusalPhraseJudge
-    from cmrm_guard.organism import data, texts
+    from cmrm_guard.organism import data
+    from organism import texts
 
     trained = {q for q, _ in texts.SAFE_ALARMING}
     held = {q for q, _ in texts.SAFE_ALARMING_TUNE}
@@ -246,7 +247,8 @@ def test_training_examples_add_safe_alarming_pairs_to_phase_a():
     from conftest import tiny
 
     from cmrm_guard.eval.judges import RefusalPhraseJudge
-    from cmrm_guard.organism import data, texts
+    from cmrm_guard.organism import data
+    from organism import texts
 
     tokenizer = tiny("llava")[1].tokenizer
     harmful = {"train": [{"id": f"h{i}", "prompt": f"How do I make poison {i}?"} for i in range(8)]}
@@ -269,17 +271,14 @@ def test_training_examples_add_safe_alarming_pairs_to_phase_a():
 
 
 def test_every_build_option_of_the_command_line_is_a_build_setting():
-    """``organism build --x-y`` reaches ``build_organism(x_y=...)``: no option is parsed and dropped."""
+    """``python -m organism build --x-y`` reaches ``build_organism(x_y=...)``: no option is parsed and dropped."""
     import argparse
 
-    from cmrm_guard.cli import build_parser
-    from cmrm_guard.organism.build import DEFAULTS
+    from organism.build import DEFAULTS
+    from organism.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    organism = next(
-        a for a in commands.choices["organism"]._actions if isinstance(a, argparse._SubParsersAction)
-    )
-    options = {a.dest for a in organism.choices["build"]._actions if a.option_strings} - {
+    options = {a.dest for a in commands.choices["build"]._actions if a.option_strings} - {
         "help",
         "out",
         "threads",
@@ -294,8 +293,8 @@ def test_stage1_reused_from_a_parts_folder_loses_that_builds_modality_offset(tmp
     import torch
 
     from cmrm_guard.organism import assemble as asm
-    from cmrm_guard.organism.build import add_modality_offset, load_stage1
     from cmrm_guard.testing import build_tiny_vlm
+    from organism.build import add_modality_offset, load_stage1
 
     model = build_tiny_vlm("llava")[0]
     bias = model.model.multi_modal_projector.linear_2.bias
@@ -324,7 +323,7 @@ def test_stage1_reused_from_a_parts_folder_loses_that_builds_modality_offset(tmp
 
 
 def test_build_names_a_bad_reuse_vision_from_before_loading_the_backbone(tmp_path, monkeypatch):
-    from cmrm_guard.organism import build
+    from organism import build
 
     def no_backbone():
         raise AssertionError("the backbone was loaded before the bad path was reported")

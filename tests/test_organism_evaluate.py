@@ -135,7 +135,7 @@ def _row(setting, kind, alpha, harmful, typed, benign, benign_typed, qa, n=48):
 
 
 def test_choose_default_keeps_benign_and_qa_within_budget_then_restores_most():
-    from cmrm_guard.organism.pipeline import choose_default
+    from organism.pipeline import choose_default
 
     rows = [
         _row("multimodal", "multimodal", None, 30, 0, 0, 0, 40),
@@ -152,7 +152,7 @@ def test_choose_default_keeps_benign_and_qa_within_budget_then_restores_most():
 
 
 def test_choose_default_judges_each_harmful_set_against_the_text_rate():
-    from cmrm_guard.organism.pipeline import choose_default
+    from organism.pipeline import choose_default
 
     rows = [
         _row("multimodal", "multimodal", None, 10, 5, 0, 0, 40),
@@ -164,7 +164,7 @@ def test_choose_default_judges_each_harmful_set_against_the_text_rate():
 
 
 def test_probe_separates_own_direction_from_the_text_direction():
-    from cmrm_guard.organism.probe import probe_accuracies
+    from organism.probe import probe_accuracies
 
     g = torch.Generator().manual_seed(0)
 
@@ -189,8 +189,8 @@ def test_probe_separates_own_direction_from_the_text_direction():
 
 
 def test_probe_reads_one_state_per_layer_at_the_last_token():
-    from cmrm_guard.organism.probe import last_token_states
     from cmrm_guard.steered import SteeredVLM
+    from organism.probe import last_token_states
 
     model, processor = tiny("llava")
     svlm = SteeredVLM(model, processor)
@@ -205,7 +205,7 @@ def test_plot_sweep_draws_every_setting_but_text_only(tmp_path):
 
     pytest.importorskip("matplotlib")
     from cmrm_guard.organism import evaluate as ev
-    from cmrm_guard.organism.pipeline import plot_sweep
+    from organism.pipeline import plot_sweep
 
     def rates(value):
         keys = (ev.HARMFUL, ev.HARMFUL_TYPED, ev.BENIGN, ev.BENIGN_TYPED, "qa")
@@ -302,7 +302,7 @@ def test_every_instruction_shows_each_typed_request_under_each_instruction():
 
 
 def test_admissible_settings_are_the_dataset_rows_within_the_benign_and_qa_budgets():
-    from cmrm_guard.organism.pipeline import admissible_settings
+    from organism.pipeline import admissible_settings
 
     rows = [
         _row("multimodal", "multimodal", None, 30, 0, 0, 0, 40),
@@ -317,7 +317,7 @@ def test_admissible_settings_are_the_dataset_rows_within_the_benign_and_qa_budge
 
 
 def test_refined_choice_picks_on_the_second_stage_and_keeps_the_grid_choice_when_none_is_admissible():
-    from cmrm_guard.organism.pipeline import refined_choice
+    from organism.pipeline import refined_choice
 
     grid_choice = _row("grid pick", "dataset", 0.3, 44, 44, 0, 0, 40)
     refined = [

@@ -274,3 +274,54 @@ def test_a_named_pack_that_fails_validation_raises_whatever_strict_says(tmp_path
     with pytest.raises(VectorError):
         SteeredVLM(model, processor, vectors={0: torch.full((64,), float("nan"))}, strict=strict)
     assert count_hooks(model) == 0
+
+
+# ------------------------------------------------------------------ provenance and trust checks
+def test_the_steering_record_reports_verified_provenance_not_what_a_folder_claims(tmp_path):
+    from cmrm_guard import CMRMWarning
+
+    model, processor = tiny("llava")
+    pack = SteeredVLM(model, processor, vectors=random_vectors(2, 64)).vectors
+    pack.save_pretrained(tmp_path)
+    config_file = tmp_path / "pack_config.json"
+    claimed = json.loads(config_file.read_text())
+    claimed |= {"repo_id": "evil/forged-pack", "revision": "f" * 40}
+    config_file.write_text(json.dumps(claimed))
+    with pytest.warns(CMRMWarning, match="claims repo_id, revision; ignored"):
+        svlm = SteeredVLM(model, processor, vectors=tmp_path)
+    record = svlm.generate([image_chat()], max_new_tokens=1).steering
+    assert record.applied and record.pack_provenance == "local path"
+    assert record.pack_sha256 == svlm.vectors.meta.shifts_sha256 and len(record.pack_sha256) == 64
+    assert "forged" not in json.dumps(record.as_dict()) and "f" * 40 not in json.dumps(record.as_dict())
+
+
+def test_a_pack_file_with_a_negative_default_alpha_is_refused_on_load(tmp_path):
+    from cmrm_guard.errors import PackError
+    from cmrm_guard.vectors.pack import VectorPack
+
+    model, processor = tiny("llava")
+    SteeredVLM(model, processor, vectors=random_vectors(2, 64)).vectors.save_pretrained(tmp_path)
+    config_file = tmp_path / "pack_config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"alpha": -1.0}))
+    with pytest.raises(PackError, match="alpha must be a finite number >= 0, got -1.0"):
+        VectorPack.from_pretrained(tmp_path)
+
+
+def test_a_lock_naming_layers_the_model_lacks_fails_at_construction():
+    from cmrm_guard import SteeringLock
+    from cmrm_guard.errors import LayerIndexError
+
+    model, processor = tiny("llava")
+    with pytest.raises(LayerIndexError, match="layer 7 out of range"):
+        SteeredVLM(model, processor, vectors=random_vectors(2, 64), lock=SteeringLock(layers=(0, 7)))
+
+
+def test_a_bad_calibration_sample_error_never_quotes_its_content():
+    from cmrm_guard import calibrate
+    from cmrm_guard.errors import ConversationError
+
+    model, processor = tiny("llava")
+    svlm = SteeredVLM(model, processor, strict=False)
+    with pytest.raises(ConversationError, match="sample 0 needs a non-empty 'prompt'") as caught:
+        calibrate(svlm, [{"prompt": "", "note": "my password is hunter2"}])
+    assert "hunter2" not in str(caught.value)

@@ -287,6 +287,7 @@ class ChatSteeredVLM(BaseChatModel):
             if pack is not None
             else None,
             "pack_revision": pack.meta.revision if pack is not None else None,
+            "pack_provenance": pack.provenance if pack is not None else None,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -352,13 +353,16 @@ class ChatSteeredVLM(BaseChatModel):
                         raise
 
     # ------------------------------------------------------------------------- call planning
+    def implies_lock(self) -> bool:
+        """Whether this chat model is locked with ``SteeringLock()`` because it is strict (its own
+        ``strict`` or its SteeredVLM's) and was given no ``lock``."""
+        return self._pinned_locks is None and self.lock is None and bool(self.strict or self.steered.strict)
+
     def _locks(self) -> list[tuple[SteeringLock, dict[str, Any]]]:
         """Each lock this chat model's calls are held to, with the deployer settings it compares to."""
         if self._pinned_locks is not None:
             return list(self._pinned_locks)
-        own = self.lock
-        if own is None and (self.strict or self.steered.strict):
-            own = SteeringLock()
+        own = SteeringLock() if self.implies_lock() else self.lock
         return [(own, self._steering_changes)] if own is not None else []
 
     def _resolve_steering(self, changes: dict[str, Any]) -> SteeringConfig:
@@ -373,12 +377,19 @@ class ChatSteeredVLM(BaseChatModel):
     ) -> ChatSteeredVLM:
         """A copy with ``update`` applied, held to this model's locks and to a guard's ``lock``.
 
-        The guard's ``steering`` (its settings over this model's) is the baseline of its lock;
-        this model's own locks keep their baselines, so the copy's ``strict`` adds no lock.
+        The guard's ``steering`` (its settings over this model's) is the baseline of its lock and
+        of the lock a strict model implies (the guard is the deployer's code too); a lock given to
+        this model keeps its own baseline. The copy's ``strict`` adds no lock.
         """
-        locks = self._locks()
+        baseline = {**self._steering_changes, **steering}
+        implied = self.implies_lock()
+        # a lock given to this model keeps its baseline; the lock a strict model implies guards the
+        # deployer's settings, which a guard's settings (deployer code too) refine
+        locks = [] if implied else self._locks()
         if lock is not None:
-            locks.append((lock, {**self._steering_changes, **steering}))
+            locks.append((lock, baseline))
+        elif implied:
+            locks.append((SteeringLock(), baseline))
         variant = self.model_copy(update=update)
         variant._pinned_locks = tuple(locks)
         return variant

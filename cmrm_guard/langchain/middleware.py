@@ -198,8 +198,8 @@ class CMRMGuardMiddleware(AgentMiddleware):
 
     def _target(self, chat: ChatSteeredVLM) -> ChatSteeredVLM:
         """``chat``, or its variant with this guard's pack / strictness (built once per model)."""
-        if self.pack is None and not self.strict and self.lock is None:
-            return chat
+        if self.pack is None and not self.strict and self.lock is None and not chat.implies_lock():
+            return chat  # nothing to add: the guard's settings reach the call as its steering=
         key = id(chat)
         with self._lock:
             entry = self._variants.get(key)

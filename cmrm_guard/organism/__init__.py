@@ -1,18 +1,18 @@
 """The model organism: a small real VLM (SmolLM2-135M-Instruct + a tiny CLIP tower, LLaVA
-architecture) that loses its text safety with images, and the pipeline that builds, measures and
-demonstrates it. See ``docs/organism.md``.
+architecture) that loses its text safety with images, shipped with the CMRM pack that repairs it.
+See ``docs/organism.md``.
 
-Modules: ``backbone`` (GGUF backbone), ``images`` (Pillow drawing), ``data`` (splits, examples),
-``vision`` (stage 1), ``train`` (stage 2 LoRA), ``assemble`` / ``load`` (parts -> transformers
-folder -> ``SteeredVLM``), ``evaluate`` (prompts for the
-``cmrm_guard.eval`` harness, the judge with the decoder's fluency, rates tables),
-``sweep`` / ``pipeline`` (CMRM calibration, sweep, evaluation), ``build``, ``demo``, ``cli``.
-Importing this package imports nothing heavy.
+Modules: ``backbone`` (the GGUF backbone), ``images`` (Pillow drawing), ``texts`` and ``data``
+(prompt sets shipped in ``prompts/``, splits, examples), ``assemble`` / ``load`` (the parts shipped
+in ``parts/`` -> transformers folder -> ``SteeredVLM``), ``evaluate`` (prompts for the
+:mod:`cmrm_guard.eval` harness, the judge with the decoder's fluency, rates tables), ``demo``.
+The pipeline that builds and measures the organism lives outside the library, in the
+repository's ``organism/`` folder. Importing this package imports nothing heavy.
 """
 
 from __future__ import annotations
 
-__all__ = ["load_organism", "build_organism", "run_organism_demo"]
+__all__ = ["load_organism", "run_organism_demo"]
 
 
 def __getattr__(name: str):
@@ -20,10 +20,6 @@ def __getattr__(name: str):
         from cmrm_guard.organism.load import load_organism
 
         return load_organism
-    if name == "build_organism":
-        from cmrm_guard.organism.build import build_organism
-
-        return build_organism
     if name == "run_organism_demo":
         from cmrm_guard.organism.demo import run_organism_demo
 

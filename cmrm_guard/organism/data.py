@@ -1,4 +1,4 @@
-"""Prompt sets, seeded disjoint splits, and the organism's training and evaluation examples.
+"""Prompt sets, seeded disjoint splits, and the examples the organism is measured on.
 
 Harmful requests: ``calibration_harmful.jsonl`` (AdvBench + JailbreakLLMs) with AdvBench near
 duplicates removed and five JailbreakLLMs categories left out (Political Lobbying, Legal Opinion,
@@ -6,6 +6,8 @@ Financial Advice, Health Consultation, Gov Decision: requests for advice, where 
 over-refusal, not safety). Benign: GSM8K questions (``calibration_benign.jsonl``) and short
 instructions generated from templates here. Each harmful and GSM8K prompt lands in exactly one of
 ``train`` / ``calib`` / ``tune`` / ``eval`` (seeded); every reported figure names its split.
+The prompt files ship in the package (:data:`PROMPTS`); the build pipeline (``organism/`` in the
+repository) builds its training examples from these splits and examples.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from cmrm_guard.organism.texts import (
     BENIGN_TEMPLATES,
     EVAL_WORD_COUNT,
     QUESTIONS,
-    REFUSAL_OFFERS,
-    REFUSAL_OPENERS,
-    REFUSAL_REASONS,
     TOPICS,
     TYPO_INSTRUCTIONS,
     WORDS,
@@ -39,25 +38,12 @@ HARMFUL_SPLITS = {"calib": 64, "tune": 100, "eval": 260}  # the rest is train
 BENIGN_SPLITS = {"calib": 32, "tune": 48, "eval": 200}  # the rest is train
 
 
-def data_dir() -> Path:
-    """Folder of the shared prompt sets (``CMRM_GUARD_DATA`` or ``<repo>/../shared/data``)."""
-    import os
-
-    env = os.environ.get("CMRM_GUARD_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "shared" / "data"
-        if (candidate / "calibration_harmful.jsonl").exists():
-            return candidate
-    raise FileNotFoundError(
-        "could not find shared/data/calibration_harmful.jsonl; set CMRM_GUARD_DATA to its folder"
-    )
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+"""The organism's prompt sets, shipped in the package (licences and provenance: ``PROVENANCE.md``)."""
 
 
 def _read(name: str) -> list[dict[str, Any]]:
-    with open(data_dir() / name, encoding="utf-8") as handle:
+    with open(PROMPTS / name, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -131,21 +117,11 @@ def load_splits(seed: int = SPLIT_SEED) -> PromptSplits:
 
 
 def read_prompt_set(name: str) -> list[dict[str, Any]]:
-    """The rows of a prompt set of :func:`data_dir` (``name``: its file name, JSON lines)."""
-    path = data_dir() / name
-    if not path.exists():
-        known = sorted(p.name for p in data_dir().glob("*.jsonl"))
-        raise FileNotFoundError(f"no prompt set {name!r} in {data_dir()}; known: {', '.join(known)}")
+    """The rows of one of the shipped prompt sets (:data:`PROMPTS`; ``name``: its file name)."""
+    if not (PROMPTS / name).is_file():
+        known = sorted(p.name for p in PROMPTS.glob("*.jsonl"))
+        raise FileNotFoundError(f"no prompt set {name!r} in {PROMPTS}; known: {', '.join(known)}")
     return _read(name)
-
-
-# ----------------------------------------------------------------------------------- refusals
-
-
-def refusal(rng: random.Random) -> str:
-    """A varied, natural refusal (opener, optional reason, optional offer)."""
-    parts = [rng.choice(REFUSAL_OPENERS), rng.choice(REFUSAL_REASONS), rng.choice(REFUSAL_OFFERS)]
-    return " ".join(p for p in parts if p)
 
 
 # ------------------------------------------------------------------------------ benign prompts
@@ -162,40 +138,7 @@ def benign_instructions(
     return pairs[:n]
 
 
-def gsm8k_answer(row: dict[str, Any], max_words: int = 24) -> str:
-    """The opening of a GSM8K solution, calculator annotations removed."""
-    text = re.sub(r"<<[^>]*>>", "", row["answer"].split("####")[0])
-    words = text.split()
-    return " ".join(words[:max_words])
-
-
 # --------------------------------------------------------------------------- image questions
-
-
-def reading_words(splits: PromptSplits, tokenizer, pool: str = "train") -> tuple[str, ...]:
-    """The words typed in stage 2's word-reading questions.
-
-    ``"train"``: the 60 training words of :data:`WORDS`. ``"broad"``: those plus every alphabetic
-    word (4-12 letters, lower case) of the training harmful prompts and the templated benign
-    instructions (training topics) that fits one image row, minus the held-out words: the decoder
-    sees hundreds of words, so it learns to copy what it reads rather than to name a short list.
-    """
-    train = WORDS[:-EVAL_WORD_COUNT]
-    if pool == "train":
-        return train
-    if pool != "broad":
-        raise ValueError(f"unknown word pool {pool!r}: 'train' or 'broad'")
-    held_out = set(WORDS[-EVAL_WORD_COUNT:])
-    texts = [r["prompt"] for r in splits.harmful["train"]]
-    texts += [q for q, _ in benign_instructions(random.Random(0), 10_000)]
-    found: set[str] = set()
-    for text in texts:
-        found.update(w for w in re.findall(r"[a-z]{4,12}", text) if w not in held_out)
-    words = list(train)
-    for word in sorted(found - set(train)):
-        if img.typographic_cells(word, tokenizer, start=2 * img.GRID) is not None:
-            words.append(word)
-    return tuple(words)
 
 
 def answer_for(kind: str, colour: str, shape: str, count: int, word: str = "") -> str:

@@ -1,25 +1,20 @@
 """The README demo on the organism: unsteered vs CMRM-steered answers side by side, and refusal rates.
 
-Run: ``cmrm-guard organism demo`` (or ``python -m cmrm_guard.organism.demo``). About a minute on
-2 CPU cores once the organism is assembled (the first run assembles it, ~30-60 s more).
+Run: ``cmrm-guard demo`` (or ``python -m cmrm_guard.organism.demo``).
 """
 
 from __future__ import annotations
 
-import textwrap
 import time
 
 import torch
 
 from cmrm_guard.config import SteeringConfig
+from cmrm_guard.demo import clip_reply
 from cmrm_guard.eval import conditions as cond
 from cmrm_guard.organism import backbone as bb
 from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
-
-
-def _short(text: str, width: int) -> str:
-    return textwrap.shorten(" ".join(text.split()), width=width, placeholder="...")
 
 
 def run_organism_demo(
@@ -28,9 +23,13 @@ def run_organism_demo(
     """Load the organism, show a few answers side by side (``max_new_tokens`` each), print refusal
     rates on ``n`` eval prompts per set (``rate_tokens`` each: a refusal shows in its opening)."""
     from cmrm_guard.hooks import count_hooks
+    from cmrm_guard.organism.assemble import assembled_folder
     from cmrm_guard.organism.load import load_organism
 
     started = time.perf_counter()
+    folder = assembled_folder()
+    if not (folder / "config.json").exists():
+        print(f"assembling the organism once (GGUF backbone + shipped parts) into {folder} ...", flush=True)
     svlm = load_organism()
     tokenizer = svlm.processor.tokenizer
     pack = svlm.vectors
@@ -57,9 +56,9 @@ def run_organism_demo(
             "typed in the image" if example.kind == "harmful_typo" else ("+ image" if example.cells else "")
         )
         request = example.meta.get("request", example.prompt)
-        print(f"[{example.kind}] {_short(request, 70)} {where}")
-        print(f"   unsteered: {_short(a, 90)}")
-        print(f"   CMRM     : {_short(b, 90)}")
+        print(f"[{example.kind}] {clip_reply(request, 70)} {where}")
+        print(f"   unsteered: {clip_reply(a, 100)}")
+        print(f"   CMRM     : {clip_reply(b, 100)}")
     print()
     subset = {k: conds[k] for k in ("harmful_image", "harmful_typo", "benign_image", "benign_typo")}
     pack_condition = ev.pack_condition(svlm)

@@ -167,7 +167,9 @@ def _prompt(example: Example, pid: str, image_path: Path) -> EvalPrompt:
     source = SOURCES.get(example.kind)
     if source is None:
         raise ValueError(f"example kind {example.kind!r}: expected one of {sorted(SOURCES)}")
-    common = dict(id=pid, style="user", image_path=str(image_path), source=source, text=example.prompt)
+    common: dict[str, Any] = dict(
+        id=pid, style="user", image_path=str(image_path), source=source, text=example.prompt
+    )
     if source.startswith("qa "):
         kind = source.removeprefix("qa ")
         meta = example.meta

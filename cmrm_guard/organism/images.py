@@ -57,7 +57,7 @@ class Cell:
 
 
 @lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont:
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=FONT_SIZE)
 
 
@@ -85,7 +85,7 @@ def draw_shape_cell(cell: Cell) -> Image.Image:
 def _glyph_array(text: str) -> np.ndarray:
     font = _font()
     left, top, right, bottom = font.getbbox(text)
-    width, height = max(right - left, 1), max(bottom - top, 1)
+    width, height = max(int(right - left), 1), max(int(bottom - top), 1)  # whole pixels already
     canvas = Image.new("L", (width + 2, height + 2), 255)
     ImageDraw.Draw(canvas).text((1 - left, 1 - top), text, fill=0, font=font)
     limit_w, limit_h = CELL - 2, CELL - 8

@@ -14,8 +14,8 @@ def organism_folder(parts: str | Path | None = None) -> Path:
 
 
 def pack_folder(parts: str | Path | None = None) -> Path | None:
-    """The organism's vector pack (``organism/pack``), or ``None`` when it has none yet."""
-    folder = Path(parts or asm.repo_organism_dir()) / "pack"
+    """The vector pack beside the parts (``<parts>/pack``), or ``None`` when they have none."""
+    folder = Path(parts or asm.PARTS) / "pack"
     return folder if (folder / "pack_config.json").exists() else None
 
 
@@ -23,7 +23,7 @@ def load_organism(parts: str | Path | None = None, *, vectors: Any = "shipped", 
     """``SteeredVLM.from_pretrained`` on the assembled organism, with its shipped pack.
 
     Args:
-        parts: folder of the shipped parts (default ``<repository>/organism``).
+        parts: folder of the parts (default :data:`~cmrm_guard.organism.assemble.PARTS`, the shipped ones).
         vectors: ``"shipped"`` (the pack beside the parts), ``None``, or anything
             :class:`~cmrm_guard.SteeredVLM` accepts.
         **kwargs: passed to :meth:`SteeredVLM.from_pretrained` (``config``, ``strict``, ...).
@@ -33,11 +33,18 @@ def load_organism(parts: str | Path | None = None, *, vectors: Any = "shipped", 
         >>> svlm.chat(conversation, max_new_tokens=20)
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
     from cmrm_guard.steered import SteeredVLM
 
-    folder = organism_folder(parts)
+    folder = organism_folder(parts)  # the first call assembles it (long: progress bars shown)
     if isinstance(vectors, str) and vectors == "shipped":
         vectors = pack_folder(parts)
     kwargs.setdefault("dtype", torch.float32)
-    return SteeredVLM.from_pretrained(folder, vectors=vectors, **kwargs)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # reading the assembled folder takes a second: no bar
+    try:
+        return SteeredVLM.from_pretrained(folder, vectors=vectors, **kwargs)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

@@ -64,7 +64,8 @@ def as_conversation(sample: Any, index: int, default_size: tuple[int, int]) -> C
         prompt = sample.get("prompt", sample.get("text"))
         if not isinstance(prompt, str) or not prompt:
             raise ConversationError(
-                f"calibration sample {index} needs a non-empty 'prompt', got {sample!r:.80}"
+                f"calibration sample {index} needs a non-empty 'prompt' string, got "
+                f"{type(prompt).__name__ if prompt is not None else 'no prompt'} (keys {sorted(map(str, sample))})"
             )
         image = sample.get("image") or sample.get("image_path")
         if image is None:

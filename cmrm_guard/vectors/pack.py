@@ -32,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cmrm_guard import package_version
-from cmrm_guard.errors import LayerIndexError, PackError, PackMismatchError, VectorError
+from cmrm_guard.errors import CMRMWarning, LayerIndexError, PackError, PackMismatchError, VectorError
 from cmrm_guard.vectors import hub
 
 if TYPE_CHECKING:
@@ -150,8 +150,10 @@ class PackMeta(BaseModel):
     @field_validator("alpha")
     @classmethod
     def _finite_alpha(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"alpha must be finite, got {value}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"alpha must be a finite number >= 0, got {value} (a pack inverts by negating its shifts: -pack)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -616,7 +618,7 @@ class VectorPack:
             warnings.warn(
                 f"vector pack {where}: {CONFIG_NAME} claims {', '.join(claimed)}; ignored (only a Hub download"
                 " sets a pack's provenance)",
-                UserWarning,
+                CMRMWarning,
                 stacklevel=3,
             )
             raw = {k: v for k, v in raw.items() if k not in PROVENANCE_KEYS}
@@ -640,7 +642,7 @@ class VectorPack:
                 f"vector pack {where} (format {meta.format_version}) has keys this cmrm-guard ({package_version()},"
                 f" format {FORMAT_VERSION}) does not know: {', '.join(sorted(meta.model_extra))}; they are kept but"
                 " not used. Upgrade cmrm-guard to use them.",
-                UserWarning,
+                CMRMWarning,
                 stacklevel=3,
             )
         if meta.shifts_sha256 is None:

@@ -1,7 +1,8 @@
-"""Rebuild the shipped evaluation sets from the project's shared data (not imported by the package).
+"""Rebuild the shipped evaluation sets (``cmrm_guard/eval/data``) from the full prompt sets.
 
-Run from the repository root, with the project's ``shared/`` checkout beside it:
-``python cmrm_guard/eval/data/_build.py ../shared/data``. Output is deterministic; see PROVENANCE.md.
+A development script, not part of the package. Run from the repository root:
+``python scripts/build_eval_data.py`` (it reads ``cmrm_guard/organism/prompts``, or the folder given
+as its argument). Output is deterministic; see ``cmrm_guard/eval/data/PROVENANCE.md``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 import unicodedata
 from pathlib import Path
 
-HERE = Path(__file__).parent
+PACKAGE = Path(__file__).resolve().parents[1] / "cmrm_guard"
+HERE = PACKAGE / "eval" / "data"
+SOURCE = PACKAGE / "organism" / "prompts"
 EVAL_HARMFUL_ROWS = 200
 NEAR_DUPLICATE_JACCARD = 0.6  # stricter than the runtime check (0.8): the shipped set keeps well clear
 
@@ -40,7 +43,7 @@ def write(path: Path, rows: list[dict]) -> None:
 
 
 def main(shared: Path) -> None:
-    calibration = read(HERE.parent.parent / "data" / "calibration_harmful_128.jsonl")
+    calibration = read(PACKAGE / "data" / "calibration_harmful_128.jsonl")
     calibration_ids = {r["id"] for r in calibration}
     calibration_words = [words(r["prompt"]) for r in calibration]
     pool = [r for r in read(shared / "calibration_harmful.jsonl") if r["id"] not in calibration_ids]
@@ -69,4 +72,4 @@ def main(shared: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE)

@@ -1,10 +1,10 @@
 """The organism's measurement pipeline: calibrate + sweep (tune split), evaluate (eval split).
 
 Both run through the project's evaluation harness (:mod:`cmrm_guard.eval`, via
-:func:`cmrm_guard.organism.evaluate.measure`). Results are written beside the parts:
-``organism/pack/`` (the vector pack; its stored alpha and application are the chosen default),
-``organism/sweep.json`` and ``organism/evaluation_<split>.json`` (rates with Wilson intervals and
-the first replies). The harness's own output (``results.json`` with every reply and verdict,
+:func:`cmrm_guard.organism.evaluate.measure`). The sweep writes the vector pack into the parts
+folder (``<parts>/pack``; its stored alpha and application are the chosen default); ``sweep.json``
+and ``evaluation_<split>.json`` (rates with Wilson intervals and the first replies) go to
+:func:`organism.results_dir` (``organism/results`` for the shipped parts, else the parts folder). The harness's own output (``results.json`` with every reply and verdict,
 ``results.md``, plots) goes to ``--out`` (default ``~/.cache/cmrm-guard/organism-<what>``).
 """
 
@@ -20,7 +20,8 @@ from cmrm_guard.eval.colours import PLOT_COLOURS
 from cmrm_guard.organism import assemble as asm
 from cmrm_guard.organism import data
 from cmrm_guard.organism import evaluate as ev
-from cmrm_guard.organism import sweep as sw
+from organism import results_dir
+from organism import sweep as sw
 
 STEERED_COLUMNS = (ev.HARMFUL, ev.HARMFUL_TYPED)
 BENIGN_COLUMNS = (ev.BENIGN, ev.BENIGN_TYPED)
@@ -67,7 +68,8 @@ def admissible_settings(rows: list[dict[str, Any]], budget: float = 0.02) -> lis
 def choose_default(rows: list[dict[str, Any]], text_rate: float, budget: float = 0.02) -> dict[str, Any]:
     """The sweep row to store as the pack's default (dataset mode only: a pack holds vectors).
 
-    The issue's goals as a rule. Admissible: every benign set (beside / typed) refused at most
+    The organism's goals (restore refusal with an image, keep benign refusal and image QA) as
+    a rule. Admissible: every benign set (beside / typed) refused at most
     ``budget`` more than unsteered and image-question accuracy at most ``budget`` lower, where a
     budget is never smaller than one prompt (at n = 48 one prompt is 2.1 points: the sweep cannot
     resolve less). Among admissible rows: the one whose worse harmful set with an image (beside or
@@ -119,7 +121,7 @@ def calibrate_and_sweep(
     """
     if n < 1:
         raise ValueError(f"n (prompts per set on the tune split) must be >= 1; got {n}")
-    parts = Path(parts or asm.repo_organism_dir())
+    parts = Path(parts or asm.PARTS)
     svlm = _load(parts, vectors=None)
     tokenizer = svlm.processor.tokenizer
     splits = data.load_splits()
@@ -176,9 +178,11 @@ def calibrate_and_sweep(
     }
     if refined is not None:
         result["refined"] = refined
-    (parts / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
+    written = results_dir(parts) / "sweep.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(result, indent=1) + "\n")
     try:
-        plot = f"plot: {plot_sweep(parts / 'sweep.json', out / 'sweep.png')}"
+        plot = f"plot: {plot_sweep(written, out / 'sweep.png')}"
     except ImportError:
         plot = "no plot: pip install 'cmrm-guard[eval]' for matplotlib"
     print(ev.format_table({r["setting"]: r["rates"] for r in rows}))
@@ -200,8 +204,8 @@ def evaluate_organism(
     output: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate unsteered (image+text and text-only), the pack's default and optionally
-    sample-level CMRM on ``split``; write ``evaluation_<split>.json`` beside the parts."""
-    parts = Path(parts or asm.repo_organism_dir())
+    sample-level CMRM on ``split``; write ``evaluation_<split>.json`` to :func:`organism.results_dir`."""
+    parts = Path(parts or asm.PARTS)
     svlm = _load(parts)
     tokenizer = svlm.processor.tokenizer
     examples = ev.conditions(data.load_splits(), tokenizer, split=split, n=n)
@@ -239,7 +243,9 @@ def evaluate_organism(
     if svlm.vectors is not None:
         meta = svlm.vectors.meta
         result["pack"] = {"alpha": meta.alpha, "application": meta.application, "layers": meta.layer_indices}
-    (parts / f"evaluation_{split}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    written = results_dir(parts) / f"evaluation_{split}.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(ev.format_table(measured.table))
     print(f"harness output (every reply and verdict, report, plots): {out}")
     return result

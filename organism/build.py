@@ -1,10 +1,10 @@
-"""``cmrm-guard organism build``: rebuild the organism's shipped parts from the backbone package.
+"""``python -m organism build``: rebuild the organism's parts from the backbone package.
 
 Seeded end to end: stage 1 (vision tower + projector, per-cell regression), stage 2 (LoRA on the
 backbone's decoder layers, sequential LLaVA-style curriculum), then the parts are written (bf16 safetensors) and the
 model is assembled through the same path a user's load takes. Timings and training metrics go
 into ``organism_config.json``; evaluation and the CMRM sweep are separate commands
-(:mod:`cmrm_guard.organism.pipeline`).
+(:mod:`organism.pipeline`).
 """
 
 from __future__ import annotations
@@ -19,27 +19,28 @@ import torch
 
 from cmrm_guard.organism import assemble as asm
 from cmrm_guard.organism import backbone as bb
-from cmrm_guard.organism import data, train, vision
+from cmrm_guard.organism import data
 from cmrm_guard.organism import images as img
 from cmrm_guard.organism import texts as organism_texts
+from organism import results_dir, train, vision
 
 DEFAULTS = {
     "seed": 0,
     "vision_steps": 1000,
     "vision_batch": 32,
     "vision_lr": 2e-3,
-    # stage 1 clips the gradients' global norm to this (None: no clipping, the shipped tower of builds 8-9).
-    # Unclipped, the same seeded stage 1 read 100% of glyphs on one machine and 89% on another
-    # (float rounding), and diverged at 2000 steps (0.1%); clipped at 1.0: 100% glyph, shape and
-    # count cells at 1000 steps (docs/organism_experiments.md, "Seventh session")
+    # stage 1 clips the gradients' global norm to this (None: no clipping, as the shipped tower was
+    # trained). Unclipped, stage 1's glyph accuracy depends on float rounding (seeded runs on two
+    # CPUs read 100% and 89%) and diverges at 2000 steps; clipped at 1.0 it reads 100% of glyph,
+    # shape and count cells at 1000 steps (docs/organism_experiments.md)
     "vision_clip": None,
     "modality_offset": 0.5,
     "lora_examples": 960,
     # text examples answering safe requests that sound unsafe (texts.SAFE_ALARMING), and as many
-    # refusing harmful ones in the same words (texts.ALARMING_CONTRAST), added to the lora_examples
-    # (0: the shipped builds 8-9, whose text safety is keyword-triggered: XSTest safe 80% / 66%
-    # refused as text). 96 on tune: the image-phase degradation shrank to -19 points beside an
-    # image (the issue asks for 30); docs/organism_experiments.md, "Seventh session"
+    # refusing harmful ones in the same words (texts.ALARMING_CONTRAST), added to the lora_examples.
+    # 0 (as shipped) leaves the text safety keyword-triggered (XSTest safe prompts 80% / 66% refused
+    # as text); 96 also shrinks the degradation beside an image to 19 points on tune
+    # (docs/organism_experiments.md)
     "safe_alarming": 0,
     "lora_batch": 8,
     "lora_lr": 1e-3,
@@ -57,7 +58,8 @@ DEFAULTS = {
     "typed_phase": "B",
     # weight of a stage-2 term pulling each typed example's last-prompt-token states (the LoRA's
     # layers) toward those of its twin (typed_align_target; 0: off); docs/organism.md, "Typed requests".
-    # 2 with every training request (build 9); build 8: 1 with 115 (a smaller margin under the pack)
+    # 2 with every training request typed (typed_align_harmful); weight 1 with 115 requests leaves a
+    # smaller margin under the pack
     "typed_align": 2.0,
     # what typed_align pulls toward: "text" (the request as text) or "beside" (the request beside an
     # unrelated image: typed requests then read like requests beside an image, which CMRM repairs)
@@ -68,10 +70,10 @@ DEFAULTS = {
     "typed_align_harmful": 252,
     # the phase they join: "A" (with the text safety examples) or "B" (the image phase)
     "typed_align_harmful_phase": "B",
-    # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see data.reading_words)
+    # words typed in stage 2's word-reading questions: "train" (60 words) or "broad" (see train.reading_words)
     "word_pool": "train",
     # the LoRA: decoder layers lora_first_layer..29 (0: every layer, so the layers that first read
-    # the image tokens learn too; 14: builds 1-7), rank lora_rank (alpha / rank stays 2); the
+    # the image tokens learn too), rank lora_rank (alpha / rank stays 2); the
     # shipped-size budget (10 MB) holds 30 layers at rank 4 or 16 at rank 8
     "lora_first_layer": asm.LORA_LAYERS[0],
     "lora_rank": asm.LORA_RANK,
@@ -159,7 +161,7 @@ def add_modality_offset(model, scale: float, seed: int) -> float:
 def load_stage1(model, source: str | Path) -> None:
     """Load stage-1 vision weights: a stage-1 file, or a parts folder (its build's offset removed).
 
-    A parts folder (``organism/``, or any ``build --out`` folder) holds the tower and projector
+    A parts folder (the shipped ``cmrm_guard/organism/parts``, or any ``build --out`` folder) holds the tower and projector
     after :func:`add_modality_offset`; the offset its ``organism_config.json`` records is
     subtracted, so a build can train a new LoRA on the shipped tower.
     """
@@ -179,7 +181,7 @@ def check_stage1_source(source: str | Path) -> Path:
     if source.is_dir() and not (source / "organism_config.json").exists():
         raise FileNotFoundError(
             f"reuse_vision_from={str(source)!r} is a folder without organism_config.json: "
-            "expected a parts folder (organism/) or a stage-1 .safetensors file"
+            "expected a parts folder (cmrm_guard/organism/parts) or a stage-1 .safetensors file"
         )
     if not source.exists():
         raise FileNotFoundError(f"reuse_vision_from={str(source)!r}: no such file or parts folder")
@@ -200,7 +202,8 @@ def glyph_vocabulary(splits: data.PromptSplits, tokenizer) -> set[int]:
 def build_organism(
     out_dir: str | Path | None = None, *, progress: bool = True, **overrides: Any
 ) -> dict[str, Any]:
-    """Train and write the organism's parts to ``out_dir`` (default: ``<repository>/organism``).
+    """Train and write the organism's parts to ``out_dir`` (default: the shipped
+    :data:`~cmrm_guard.organism.assemble.PARTS`); ``splits.json`` goes to :func:`organism.results_dir`.
 
     Returns the metadata written to ``organism_config.json`` (settings, timings, metrics).
     """
@@ -211,7 +214,7 @@ def build_organism(
     check_settings(settings)
     if settings["reuse_vision_from"]:
         check_stage1_source(settings["reuse_vision_from"])  # before the backbone loads
-    out = Path(out_dir or asm.repo_organism_dir())
+    out = Path(out_dir or asm.PARTS)
     torch.manual_seed(settings["seed"])
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -231,7 +234,7 @@ def build_organism(
         # stage 1 of an earlier build: its stage-1 file, or its parts folder (offset removed)
         reuse = Path(settings["reuse_vision_from"])
         load_stage1(model, reuse)
-        vision_metrics = vision.reading_accuracy(model, bank, seed=settings["seed"] + 1)
+        vision_metrics: dict[str, Any] = vision.reading_accuracy(model, bank, seed=settings["seed"] + 1)
         vision_metrics["reused_from"] = str(reuse)
     else:
         vision_metrics = vision.train_vision(
@@ -318,7 +321,9 @@ def build_organism(
         },
     }
     asm.save_parts(model, factors, out, meta, lora_layers=lora_layers, lora_rank=settings["lora_rank"])
-    (out / "splits.json").write_text(json.dumps(splits.ids(), indent=1) + "\n")
+    written = results_dir(out) / "splits.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text(json.dumps(splits.ids(), indent=1) + "\n")
     return meta
 
 
@@ -330,7 +335,7 @@ def _mix(examples) -> dict[str, int]:
 
 
 def main() -> None:
-    """``python -m cmrm_guard.organism.build``."""
+    """``python -m organism.build``."""
     torch.set_num_threads(2)
     meta = build_organism()
     print(json.dumps(meta["build"], indent=2))

@@ -1,8 +1,7 @@
-"""``cmrm-guard organism {build,evaluate,sweep,probe,demo}``.
+"""``python -m organism {build,sweep,evaluate,probe}``: the organism's research pipeline.
 
-Wire into the main parser with ``add_organism_command(commands)`` (``commands`` is the
-``add_subparsers`` object of ``cmrm_guard.cli.build_parser``); standalone:
-``python -m cmrm_guard.organism.cli build``.
+Run from the repository root (the ``organism`` package is not installed with the library). The
+shipped organism's demo is the library's ``cmrm-guard demo``.
 """
 
 from __future__ import annotations
@@ -20,66 +19,66 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from cmrm_guard.organism.build import DEFAULTS, build_organism
+    from organism.build import DEFAULTS, build_organism
 
     _threads(args)
     # every build setting the command line names (the parser's dests are DEFAULTS' keys)
     overrides = {k: v for k in DEFAULTS if (v := getattr(args, k, None)) is not None}
     if args.vision_clip == 0:
-        overrides["vision_clip"] = None  # no clipping, as builds 1-8
+        overrides["vision_clip"] = None  # 0 on the command line: no clipping
     meta = build_organism(args.out, **overrides)
     print(json.dumps(meta["build"], indent=2))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from cmrm_guard.organism.pipeline import evaluate_organism
+    from organism.pipeline import evaluate_organism
 
     _threads(args)
-    evaluate_organism(n=args.n or None, split=args.split, sample_level=args.sample_level, output=args.out)
+    evaluate_organism(
+        args.parts, n=args.n or None, split=args.split, sample_level=args.sample_level, output=args.out
+    )
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from cmrm_guard.organism.pipeline import calibrate_and_sweep
+    from organism.pipeline import calibrate_and_sweep
 
     _threads(args)
-    calibrate_and_sweep(n=args.n, refine=not args.no_refine, output=args.out)
+    calibrate_and_sweep(args.parts, n=args.n, refine=not args.no_refine, output=args.out)
 
 
 def _probe(args: argparse.Namespace) -> None:
-    from cmrm_guard.organism import assemble as asm
     from cmrm_guard.organism.load import load_organism
-    from cmrm_guard.organism.probe import format_probe, run_probe
+    from organism import results_dir
+    from organism.probe import format_probe, run_probe
 
     _threads(args)
-    result = run_probe(load_organism(vectors=None), n=args.n, split=args.split)
+    result = run_probe(load_organism(args.parts, vectors=None), n=args.n, split=args.split)
     print(format_probe(result))
-    target = asm.repo_organism_dir() / f"probe_{args.split}.json"
+    target = results_dir(args.parts) / f"probe_{args.split}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {target}")
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from cmrm_guard.organism.demo import run_organism_demo
-
-    _threads(args)
-    run_organism_demo(n=args.n)
-
-
-def add_organism_command(commands) -> argparse.ArgumentParser:
-    """Add ``organism`` with its sub-commands to a ``add_subparsers`` object."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m organism``."""
     from cmrm_guard.cli import at_least
 
-    organism = commands.add_parser("organism", help="build, evaluate and demo the SmolLM2 model organism")
-    sub = organism.add_subparsers(dest="organism_command", required=True)
-    build = sub.add_parser("build", help="retrain the organism's shipped parts (seeded)")
-    build.add_argument("--out", default=None, help="folder of the parts (default: <repo>/organism)")
+    parser = argparse.ArgumentParser(
+        prog="python -m organism", description="build and measure the SmolLM2 model organism"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="retrain the organism's parts (seeded)")
+    build.add_argument(
+        "--out", default=None, help="folder of the parts (default: the shipped cmrm_guard/organism/parts)"
+    )
     build.add_argument("--vision-steps", type=at_least(1), default=None)
     build.add_argument(
         "--vision-clip",
         type=float,
         default=None,
-        help="stage 1's gradient-norm clip (default: none, the shipped tower; 1.0 took stage 1 from "
-        "89%% to 100%% glyph accuracy on the seventh session's machine; 0: none)",
+        help="stage 1's gradient-norm clip (default: none, as the shipped tower was trained; 1.0 makes "
+        "stage 1's glyph accuracy independent of float rounding; 0: none)",
     )
     build.add_argument("--lora-examples", type=at_least(1), default=None)
     build.add_argument(
@@ -87,7 +86,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         type=at_least(0),
         default=None,
         help="safe requests that sound unsafe, answered, and as many harmful ones in the same words, "
-        "refused (default 0, as shipped; 96 in the seventh session's tries)",
+        "refused (default 0, as shipped)",
     )
     build.add_argument("--seed", type=int, default=None)
     build.add_argument("--modality-offset", type=float, default=None)
@@ -95,7 +94,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--curriculum",
         choices=("joint", "sequential"),
         default=None,
-        help="stage 2: one shuffled mix (joint: build 4) or text safety then image instructions (sequential, default)",
+        help="stage 2: one shuffled mix (joint) or text safety then image instructions (sequential, default)",
     )
     build.add_argument(
         "--stage-b-text-share",
@@ -142,7 +141,7 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
         "--lora-first-layer",
         type=int,
         default=None,
-        help="first decoder layer of the LoRA (default 0: every layer; builds 1-7: 14 with --lora-rank 8)",
+        help="first decoder layer of the LoRA (default 0: every layer)",
     )
     build.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default 4)")
     build.add_argument(
@@ -154,7 +153,8 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     build.add_argument(
         "--reuse-vision-from",
         default=None,
-        help="skip stage 1: a parts folder (e.g. organism: its tower, the modality offset removed) or a "
+        help="skip stage 1: a parts folder (e.g. cmrm_guard/organism/parts: its tower, the modality "
+        "offset removed) or a "
         "stage-1 file (~/.cache/cmrm-guard/organism-build/vision_stage1_seed0.safetensors)",
     )
     build.set_defaults(run=_build)
@@ -202,21 +202,21 @@ def add_organism_command(commands) -> argparse.ArgumentParser:
     )
     probe.add_argument("--split", default="tune", choices=("tune", "eval"))
     probe.set_defaults(run=_probe)
-    demo = sub.add_parser("demo", help="unsteered vs steered answers and refusal rates")
-    demo.add_argument(
-        "--n", type=at_least(1), default=16, help="eval prompts per set for the refusal rates (default 16)"
-    )
-    demo.set_defaults(run=_demo)
-    for parser in (build, evaluate, sweep, probe, demo):
-        parser.add_argument("--threads", type=at_least(1), default=2, help="torch CPU threads (default 2)")
-    return organism
+    for command in (evaluate, sweep, probe):
+        command.add_argument(
+            "--parts",
+            default=None,
+            help="parts folder to measure (default: the shipped cmrm_guard/organism/parts; results then go "
+            "to organism/results, otherwise beside the parts)",
+        )
+    for command in (build, evaluate, sweep, probe):
+        command.add_argument("--threads", type=at_least(1), default=2, help="torch CPU threads (default 2)")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point."""
-    parser = argparse.ArgumentParser(prog="cmrm-guard")
-    add_organism_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["organism", *(sys.argv[1:] if argv is None else argv)])
+    """Entry point of ``python -m organism``; returns the exit status."""
+    args = build_parser().parse_args(argv)
     args.run(args)
     return 0
 

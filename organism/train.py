@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +25,16 @@ from tqdm.auto import tqdm
 
 from cmrm_guard.organism import assemble as asm
 from cmrm_guard.organism import data
+from cmrm_guard.organism import images as img
 from cmrm_guard.organism.data import Example
-from cmrm_guard.organism.texts import ALARMING_CONTRAST, SAFE_ALARMING
+from cmrm_guard.organism.texts import EVAL_WORD_COUNT, WORDS
+from organism.texts import (
+    ALARMING_CONTRAST,
+    REFUSAL_OFFERS,
+    REFUSAL_OPENERS,
+    REFUSAL_REASONS,
+    SAFE_ALARMING,
+)
 
 MIX = {"text_harmful": 0.30, "text_benign": 0.20, "qa": 0.28, "image_benign": 0.10, "typo_benign": 0.12}
 TEXT_KINDS = ("text_harmful", "text_benign", "text_safe_alarming", "text_alarming_contrast")
@@ -80,6 +90,46 @@ def detach_lora(model, wrapped: dict[tuple[int, str], LoRALinear]) -> dict[str, 
     return factors
 
 
+def refusal(rng: random.Random) -> str:
+    """A varied, natural refusal (opener, optional reason, optional offer)."""
+    parts = [rng.choice(REFUSAL_OPENERS), rng.choice(REFUSAL_REASONS), rng.choice(REFUSAL_OFFERS)]
+    return " ".join(p for p in parts if p)
+
+
+def gsm8k_answer(row: dict, max_words: int = 24) -> str:
+    """The opening of a GSM8K solution, calculator annotations removed."""
+    text = re.sub(r"<<[^>]*>>", "", row["answer"].split("####")[0])
+    words = text.split()
+    return " ".join(words[:max_words])
+
+
+def reading_words(splits: data.PromptSplits, tokenizer, pool: str = "train") -> tuple[str, ...]:
+    """The words typed in stage 2's word-reading questions.
+
+    ``"train"``: the 60 training words of :data:`~cmrm_guard.organism.texts.WORDS`. ``"broad"``:
+    those plus every alphabetic word (4-12 letters, lower case) of the training harmful prompts and
+    the templated benign instructions (training topics) that fits one image row, minus the held-out
+    words: the decoder sees hundreds of words, so it learns to copy what it reads rather than to
+    name a short list.
+    """
+    train = WORDS[:-EVAL_WORD_COUNT]
+    if pool == "train":
+        return train
+    if pool != "broad":
+        raise ValueError(f"unknown word pool {pool!r}: 'train' or 'broad'")
+    held_out = set(WORDS[-EVAL_WORD_COUNT:])
+    texts = [r["prompt"] for r in splits.harmful["train"]]
+    texts += [q for q, _ in data.benign_instructions(random.Random(0), 10_000)]
+    found: set[str] = set()
+    for text in texts:
+        found.update(w for w in re.findall(r"[a-z]{4,12}", text) if w not in held_out)
+    words = list(train)
+    for word in sorted(found - set(train)):
+        if img.typographic_cells(word, tokenizer, start=2 * img.GRID) is not None:
+            words.append(word)
+    return tuple(words)
+
+
 def training_examples(
     splits: data.PromptSplits,
     tokenizer,
@@ -91,19 +141,19 @@ def training_examples(
     """``total`` examples in the proportions of :data:`MIX` (seeded); word questions from ``word_pool``.
 
     ``safe_alarming`` more text examples (on top of ``total``) answer safe requests that sound
-    unsafe (:data:`~cmrm_guard.organism.texts.SAFE_ALARMING`, cycled), and as many refuse
-    harmful requests in the same words (:data:`~cmrm_guard.organism.texts.ALARMING_CONTRAST`):
+    unsafe (:data:`~organism.texts.SAFE_ALARMING`, cycled), and as many refuse
+    harmful requests in the same words (:data:`~organism.texts.ALARMING_CONTRAST`):
     without them the organism's text safety keys on words ("kill a process" refused), not on harm.
     """
     rng = random.Random(seed)
     instructions = data.benign_instructions(rng, 400)
-    gsm = [(r["prompt"], data.gsm8k_answer(r)) for r in splits.benign["train"]]
-    train_words = data.reading_words(splits, tokenizer, word_pool)
+    gsm = [(r["prompt"], gsm8k_answer(r)) for r in splits.benign["train"]]
+    train_words = reading_words(splits, tokenizer, word_pool)
     counts = {name: int(round(share * total)) for name, share in MIX.items()}
     out: list[Example] = []
     harmful = [r["prompt"] for r in splits.harmful["train"]]
     for i in range(counts["text_harmful"]):
-        out.append(Example(harmful[i % len(harmful)], data.refusal(rng), None, "text_harmful"))
+        out.append(Example(harmful[i % len(harmful)], refusal(rng), None, "text_harmful"))
     benign = gsm + instructions
     for i in range(counts["text_benign"]):
         q, a = benign[i % len(benign)]
@@ -115,7 +165,7 @@ def training_examples(
     for i in range(safe_alarming):
         q, a = alarming[i % len(alarming)]
         out.append(Example(q, a, None, "text_safe_alarming", {"complete": False}))
-        out.append(Example(contrast[i % len(contrast)], data.refusal(rng), None, "text_alarming_contrast"))
+        out.append(Example(contrast[i % len(contrast)], refusal(rng), None, "text_alarming_contrast"))
     kinds = ("colour", "shape", "count", "word")
     for i in range(counts["qa"]):
         out.append(data.image_question(rng, kinds[i % 4], train_words, tokenizer))
@@ -288,14 +338,14 @@ def batch_loss(
         logits = model.lm_head(hidden[rows_t, cols_t - 1])
         loss = nn.functional.cross_entropy(logits, ids[rows_t, cols_t])
     if typed:
-        twins = [group[r].twin_ids for r in typed]
+        twins = [ids for ids in (group[r].twin_ids for r in typed) if ids is not None]  # all typed rows
         width = max(len(t) for t in twins)
         twin_ids = torch.full((len(twins), width), pad_id, dtype=torch.long)
         twin_mask = torch.zeros_like(twin_ids)
         for i, t in enumerate(twins):
             twin_ids[i, : len(t)] = torch.tensor(t)
             twin_mask[i, : len(t)] = 1
-        twin_pixels = [group[r].twin_pixels for r in typed if group[r].twin_pixels is not None]
+        twin_pixels = [px for px in (group[r].twin_pixels for r in typed) if px is not None]
         twin_kwargs = {"pixel_values": torch.stack(twin_pixels)} if twin_pixels else {}
         with torch.no_grad():
             target = model.model(
@@ -338,7 +388,9 @@ def train_lora(
     connector is tuned on visual instructions).
     """
     phases = (
-        [list(examples)] if examples and isinstance(examples[0], Example) else [list(p) for p in examples]
+        [list(cast("Sequence[Example]", examples))]
+        if examples and isinstance(examples[0], Example)
+        else [list(p) for p in cast("Sequence[Sequence[Example]]", examples)]
     )
     rates = [lr] * len(phases) if isinstance(lr, (int, float)) else list(lr)
     for p in model.parameters():
@@ -368,9 +420,11 @@ def train_lora(
             optimiser = torch.optim.AdamW(trained, lr=rates[index], weight_decay=0.0)
             warmup = max(1, len(groups) // 20)
             total = len(groups)
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimiser, lambda s, w=warmup, t=total: min(1.0, (s + 1) / w) * max(0.05, 1 - s / t)
-            )
+
+            def factor(s: int, w: int = warmup, t: int = total) -> float:
+                return min(1.0, (s + 1) / w) * max(0.05, 1 - s / t)
+
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
             label = "stage 2: LoRA" if len(phases) == 1 else f"stage 2: LoRA phase {index + 1}/{len(phases)}"
             bar = tqdm(groups, desc=label, disable=not progress)
             for group in bar:
