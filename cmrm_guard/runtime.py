@@ -133,6 +133,8 @@ class StopFlag(StoppingCriteria):
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
     ) -> torch.BoolTensor:
+        # transformers types StoppingCriteria.__call__ as returning the legacy torch.BoolTensor,
+        # which no torch function is typed to return (torch.full returns a Tensor of dtype bool)
         return torch.full(  # type: ignore[return-value]
             (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
         )

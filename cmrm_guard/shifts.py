@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from cmrm_guard.errors import VectorError
+
+if TYPE_CHECKING:
+    from cmrm_guard.vectors.pack import VectorPack
 
 
 def select_layers(available: Sequence[int], requested: Sequence[int] | None) -> list[int]:
@@ -72,12 +75,12 @@ class ShiftCache:
 
     def __init__(self, limit: int = 64) -> None:
         self._limit = limit
-        self._pack: Any = None
+        self._pack: VectorPack | None = None
         self._entries: dict[tuple[Any, ...], dict[int, Tensor]] = {}
         self._lock = threading.Lock()
 
     def shifts(
-        self, pack: Any, *, alpha: float, application: str, layers: Sequence[int] | None
+        self, pack: VectorPack, *, alpha: float, application: str, layers: Sequence[int] | None
     ) -> dict[int, Tensor]:
         """``layer_shifts(pack.shifts, ...)``, computed once per pack and settings."""
         key = (float(alpha), application, ("all",) if layers is None else ("layers", *layers))

@@ -21,7 +21,7 @@ import json
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -58,6 +58,9 @@ from cmrm_guard.langchain.tools import (
 )
 from cmrm_guard.runtime import GenerationWorker, StopFlag, call_soon, resolve_future, wait_or_stop
 from cmrm_guard.steered import AppliedSteering, GenerationOutput, SteeredVLM, display_model_name
+
+if TYPE_CHECKING:
+    from cmrm_guard.vectors.inputs import VectorsLike
 
 __all__ = ["CONFIGURABLE_KEY", "ChatSteeredVLM"]
 
@@ -248,7 +251,9 @@ class ChatSteeredVLM(BaseChatModel):
         return self
 
     @classmethod
-    def from_pretrained(cls, model_id: str, *, vectors: Any = None, **kwargs: Any) -> ChatSteeredVLM:
+    def from_pretrained(
+        cls, model_id: str, *, vectors: VectorsLike | None = None, **kwargs: Any
+    ) -> ChatSteeredVLM:
         """Load a VLM with transformers, wrap it in a SteeredVLM and return the chat model.
 
         Keyword arguments naming a field of this class (``max_tokens``, ``temperature``,

@@ -24,7 +24,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
@@ -43,6 +43,9 @@ from cmrm_guard.langchain.chat_models import ChatSteeredVLM
 from cmrm_guard.langchain.messages import usage_metadata
 from cmrm_guard.langchain.overrides import steering_dict
 from cmrm_guard.steered import AppliedSteering, SteeredVLM
+
+if TYPE_CHECKING:
+    from cmrm_guard.vectors.inputs import VectorsLike
 
 __all__ = ["CMRMGuardMiddleware"]
 
@@ -121,7 +124,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
         mode: Literal["dataset", "sample"] | None = None,
         application: Literal["increment", "every_layer"] | None = None,
         layers: list[int] | tuple[int, ...] | None = None,
-        pack: Any = None,
+        pack: VectorsLike | None = None,
         enabled: bool = True,
         strict: bool = False,
         on_unsteerable: Literal["raise", "refuse"] = "raise",
@@ -316,7 +319,7 @@ class CMRMGuardMiddleware(AgentMiddleware):
         return self._stamp(await handler(guarded))
 
 
-def _load_pack(pack: Any) -> tuple[Any, str | None]:
+def _load_pack(pack: VectorsLike | None) -> tuple[VectorsLike | None, str | None]:
     """``pack`` loaded where it names a folder or Hub repo, and a name for records."""
     from cmrm_guard.vectors.pack import VectorPack
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmrm_guard.organism import assemble as asm
+
+if TYPE_CHECKING:
+    from cmrm_guard.steered import SteeredVLM
+    from cmrm_guard.vectors.inputs import VectorsLike
 
 
 def organism_folder(parts: str | Path | None = None) -> Path:
@@ -19,7 +23,9 @@ def pack_folder(parts: str | Path | None = None) -> Path | None:
     return folder if (folder / "pack_config.json").exists() else None
 
 
-def load_organism(parts: str | Path | None = None, *, vectors: Any = "shipped", **kwargs: Any):
+def load_organism(
+    parts: str | Path | None = None, *, vectors: VectorsLike | None = "shipped", **kwargs: Any
+) -> SteeredVLM:
     """``SteeredVLM.from_pretrained`` on the assembled organism, with its shipped pack.
 
     Args:

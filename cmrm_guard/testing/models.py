@@ -182,7 +182,8 @@ def build_processor_without_video(processor_class: type[_P], **kwargs: object) -
         The processor instance.
     """
     processor = processor_class.__new__(processor_class)
-    # an instance attribute shadows the classmethod for this object only
+    # an instance attribute shadows the classmethod for this object only (on purpose, hence the
+    # method-assign ignore: mypy refuses assigning to a method)
     processor.get_attributes = functools.partial(_attributes_without_video, processor_class)  # type: ignore[method-assign]
     processor_class.__init__(processor, **kwargs)
     return processor
