@@ -1,6 +1,6 @@
 """Typed, validated settings for CMRM steering.
 
-`SteeringConfig` holds every knob of the method note (``../shared/docs/cmrm-method.md``): which CMRM
+`SteeringConfig` holds every knob of the method note (``docs/steering.md``): which CMRM
 mode, how strong, which layers, which token positions, which decoding steps, and when to steer at
 all. Configs are immutable values: :meth:`SteeringConfig.replace` returns a validated copy.
 """

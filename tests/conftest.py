@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import pytest
@@ -12,6 +13,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from cmrm_guard.testing import GENERIC_MODEL_TYPE, TINY_MODEL_TYPES, build_tiny_vlm, tiny_image  # noqa: E402
+
+if importlib.util.find_spec("hypothesis") is not None:  # one profile for every property test
+    import tests.hypothesis_profiles  # noqa: E402, F401
 
 ADAPTER_TYPES = tuple(t for t in TINY_MODEL_TYPES if t != GENERIC_MODEL_TYPE)
 

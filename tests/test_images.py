@@ -32,6 +32,7 @@ from cmrm_guard.errors import (
 from cmrm_guard.images import ImageBudget, ImageLimits, display_url, load_image_block
 from cmrm_guard.langchain.messages import to_conversation
 from cmrm_guard.testing import tiny_image
+from tests.hypothesis_profiles import cases
 
 
 def _encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -381,7 +382,7 @@ REPLY_CASES = {
 }
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=cases(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**IMAGE_CASES)
 def test_any_image_bytes_give_an_image_or_a_named_error(prefix, tail, mime, as_url):
     data = _b64(prefix + tail)
@@ -396,7 +397,7 @@ def test_any_image_bytes_give_an_image_or_a_named_error(prefix, tail, mime, as_u
     assert image.mode == "RGB" and image.width * image.height <= 4096
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=cases(300), deadline=None)
 @given(**REPLY_CASES)
 def test_any_reply_text_parses_without_raising(text, wrap):
     from cmrm_guard.langchain.tools import parse_reply

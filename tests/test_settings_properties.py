@@ -8,7 +8,6 @@ Settings resolution runs no model, so this stays fast.
 from __future__ import annotations
 
 import functools
-import os
 
 import pytest
 
@@ -20,6 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 from cmrm_guard import SteeredVLM, SteeringConfig, SteeringLock  # noqa: E402
 from cmrm_guard.errors import CMRMError, SteeringLockedError  # noqa: E402
 from tests.conftest import random_vectors, tiny  # noqa: E402
+from tests.hypothesis_profiles import cases  # noqa: E402
 
 _values = {
     "alpha": st.one_of(
@@ -61,8 +61,8 @@ def _wrapper() -> SteeredVLM:
     )
 
 
-#: cases per run; CMRM_SETTINGS_EXAMPLES=20000 for a large corpus
-EXAMPLES = int(os.environ.get("CMRM_SETTINGS_EXAMPLES", "2000"))
+#: cases per run (CMRM_GUARD_HYPOTHESIS_PROFILE=large: 20,000)
+EXAMPLES = cases(2000)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -51,7 +51,8 @@ def check_conversation(conversation: Any, placeholders: Sequence[str] = ()) -> C
             holds one is refused, so a user cannot inject image placeholders.
 
     Raises:
-        ConversationError: naming the message and field that is malformed.
+        ConversationError: naming the message and field that is malformed, or an item that is
+            neither text nor an image (audio, video, files: the processor would try to load them).
         ImageInputError: an image in a system message (chat templates do not show it).
         PlaceholderTextError: text holding one of ``placeholders``.
     """
@@ -83,6 +84,11 @@ def check_conversation(conversation: Any, placeholders: Sequence[str] = ()) -> C
                 if not isinstance(item.get("text"), str):
                     raise ConversationError(f"message {i} item {j}: a text item needs a string 'text'")
                 _check_placeholders(item["text"], placeholders, i, j)
+            elif not _is_image_item(item):  # audio/video/file items would reach the processor's loaders
+                raise ConversationError(
+                    f"message {i} item {j} has type {str(item['type'])[:40]!r}: this model reads text and"
+                    f" image items only ({', '.join(('text', *IMAGE_TYPES))})"
+                )
             if _is_image_item(item):
                 if image_of(item) is None:
                     raise ConversationError(

@@ -1,7 +1,7 @@
 """Fluency checks: is a reply coherent text, or broken (degenerate, garbled, empty)?
 
 A steered model pushed too far emits broken text, and broken text that opens with "I'm sorry, I
-can't" is not a refusal (``../shared/docs/cmrm-method.md``). :class:`HeuristicFluency` flags, in
+can't" is not a refusal (``docs/evaluation.md``). :class:`HeuristicFluency` flags, in
 order:
 
 - ``empty``: no word at all;
