@@ -46,7 +46,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
 
 PEER = "peer-overhead"
 SOURCES = {
-    PEER: "benchmarks/README.md, \"Where the goals come from\": a realistic goal is <= 1% overhead, i.e. <= 15 us per layer "
+    PEER: 'benchmarks/README.md, "Where the goals come from": a realistic goal is <= 1% overhead, i.e. <= 15 us per layer '
     "call and <= 1 ms set-up per call (end to end, a 1% effect is below this VM's 3-6% noise: trust "
     "the per-call rows)",
     "twin prefill": "bench_steering.py: sample-level CMRM adds one batched prefill of the two twins, "

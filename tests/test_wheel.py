@@ -108,9 +108,9 @@ def _readme_command(heading: str) -> str:
 
 def test_ci_runs_the_readme_test_command_in_a_copy_of_the_checkout():
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    command = _readme_command("Run the tests")
+    command = _readme_command("Run the type check and the tests")
     assert ci[-1] == command
-    assert command.endswith("python -m pytest -q")
+    assert command.endswith(".venv/bin/python -m mypy && .venv/bin/python -m pytest -q")
     assert 'cd "$copy"' in ci and any("mktemp -d" in line for line in ci)
 
 
