@@ -328,14 +328,19 @@ class SteeredVLM:
             return
         lock.check(self.effective_config(config), self.effective_config(baseline or self.config))
 
-    def effective_config(self, config: SteeringConfig) -> SteeringConfig:
-        """``config`` with alpha, application and layers filled in as a call would apply them.
+    def effective_config(self, config: SteeringConfig | None = None) -> SteeringConfig:
+        """``config`` (default: the wrapper's) with alpha, application and layers filled in as a call
+        would apply them.
 
         ``alpha`` / ``application`` left ``None`` take the attached pack's defaults, in dataset and
         sample mode alike (1.0 / ``"increment"`` without a pack in sample mode); ``layers`` left
         ``None`` become the pack's layers (dataset mode) or every decoder layer (sample mode).
         Without a pack in dataset mode they stay ``None``: such a call cannot be steered.
         """
+        if config is None:
+            config = self.config
+        elif not isinstance(config, SteeringConfig):
+            raise ConfigError(f"effective_config takes a SteeringConfig or None, got {type(config).__name__}")
         alpha, application = self._strength(config)
         layers = config.layers
         if layers is None:

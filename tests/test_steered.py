@@ -325,3 +325,14 @@ def test_a_bad_calibration_sample_error_never_quotes_its_content():
     with pytest.raises(ConversationError, match="sample 0 needs a non-empty 'prompt'") as caught:
         calibrate(svlm, [{"prompt": "", "note": "my password is hunter2"}])
     assert "hunter2" not in str(caught.value)
+
+
+def test_effective_config_defaults_to_the_wrappers_config_and_names_a_bad_argument():
+    from cmrm_guard.errors import ConfigError
+
+    model, processor = tiny("llava")
+    svlm = SteeredVLM(model, processor, vectors=random_vectors(2, 64))
+    effective = svlm.effective_config()
+    assert effective.alpha == 1.0 and effective.layers == (0, 1)
+    with pytest.raises(ConfigError, match="takes a SteeringConfig or None, got dict"):
+        svlm.effective_config({"alpha": 0.5})
