@@ -34,7 +34,7 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,26 +368,18 @@ def _read_local(path: str, limits: ImageLimits) -> bytes:
         raise ConversationError(f"cannot read image file {path!r}: {_reason(error)}") from None
     try:
         _check_regular(os.fstat(fd), path)  # the path may have been swapped since the stat
-        chunks: list[bytes] = []
-        total = 0
-        while True:
+
+        def read_chunk() -> bytes:
             if time.monotonic() > deadline:
                 raise ImageTimeoutError(
                     f"reading image file {path!r} took over {limits.timeout_s:g} s (image_timeout_s)"
                 )
             try:
-                chunk = os.read(fd, _CHUNK)
+                return os.read(fd, _CHUNK)
             except BlockingIOError:
                 raise LocalImageRefusedError(f"image file {path!r} would block: not a regular file") from None
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limits.max_bytes:
-                raise ImageTooLargeError(
-                    f"image file {path!r} is over the limit of {limits.max_bytes} bytes (max_image_bytes)"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        return _read_capped(read_chunk, limits.max_bytes, f"image file {path!r}")
     except ImageInputError:
         raise
     except OSError as error:
@@ -503,25 +495,34 @@ def _get(
                 f"{limits.max_bytes} (max_image_bytes)"
             )
         content_type = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower() or None
-        chunks: list[bytes] = []
-        total = 0
-        while True:
+
+        def read_chunk() -> bytes:
             if sock is not None:
-                sock.settimeout(remaining())
+                sock.settimeout(remaining())  # what is left of the total deadline, not a per-read timeout
             else:
                 remaining()
-            chunk = response.read1(_CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limits.max_bytes:
-                raise ImageTooLargeError(
-                    f"remote image {shown!r} is over the limit of {limits.max_bytes} bytes (max_image_bytes)"
-                )
-            chunks.append(chunk)
-        return status, None, content_type, b"".join(chunks)
+            return response.read1(_CHUNK)
+
+        return (
+            status,
+            None,
+            content_type,
+            _read_capped(read_chunk, limits.max_bytes, f"remote image {shown!r}"),
+        )
     finally:
         connection.close()
+
+
+def _read_capped(read_chunk: Callable[[], bytes], max_bytes: int, what: str) -> bytes:
+    """The bytes ``read_chunk()`` returns until it returns none, refused past ``max_bytes``."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := read_chunk():
+        total += len(chunk)
+        if total > max_bytes:
+            raise ImageTooLargeError(f"{what} is over the limit of {max_bytes} bytes (max_image_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------------- decoding
